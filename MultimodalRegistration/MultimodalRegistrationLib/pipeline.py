@@ -1,0 +1,261 @@
+"""The one entry point the CLI, the batch runner and the Slicer module call.
+
+``run_case`` loads and validates every input first (nothing is written when an input is bad),
+converts the coronal ceT1 to synthetic T2 with the translator, registers it to the axial T2,
+applies the transform to the original ceT1 and the labels, and writes the output contract
+(DESIGN.md) into ``out_dir``, each file atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, geometry, labels as labels_mod
+from .errors import InputError
+from .progress import ProgressFn, report
+from .volume import Volume, atomic_write, check_labels_match, load_volume, obliquity_deg, plane, save_volume
+
+OUTPUT_FILES = {
+    "transform_json": "transform.json",
+    "transform_tfm": "transform.tfm",
+    "synth": "coronal_synthT2.nii.gz",
+    "cet1_on_axial": "coronal_ceT1_on_axial.nii.gz",
+    "fused": "fused.nii.gz",
+    "coronal_labels_on_axial": "coronal_labels_on_axial.nii.gz",
+    "axial_labels_on_coronal": "axial_labels_on_coronal.nii.gz",
+    "label_colors": "labels_colors.txt",
+    "report_json": "report.json",
+    "report_png": "report.png",
+}
+FUSED_CHANNELS = ("axial_T2", "registered_ceT1", "registered_synthT2")
+
+
+@dataclass
+class Params:
+    """Everything that changes the result (hashed by the batch runner to decide what is finished)."""
+
+    method: str = "ours"                 # ours | paper | mi
+    translator: str = "default"          # default (bundled NICE-GAN) | none | path to .safetensors
+    device: str = "auto"                 # auto | cpu | cuda
+    seed: int = 0
+    label_mode: str = "linear"           # linear (per-label linear + argmax) | nearest
+    force_orientation: bool = False      # accept stacks whose direction cosines are not coronal/axial
+    method_params: dict = field(default_factory=dict)
+    report_png: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load_inputs(coronal, axial, coronal_labels, axial_labels, params: Params):
+    cor = load_volume(coronal, name=f"coronal ceT1 '{coronal}'")
+    ax = load_volume(axial, name=f"axial T2 '{axial}'")
+    if not params.force_orientation:
+        for vol, want, what, path in ((cor, "coronal", "coronal ceT1", coronal), (ax, "axial", "axial T2", axial)):
+            got = plane(vol)
+            if got != want:
+                raise InputError(
+                    f"{what} '{path}' has {got} slices according to its direction cosines "
+                    f"(slice normal {np.round(vol.direction[:, int(np.argmax(vol.spacing))], 2).tolist()}); "
+                    f"pass --force-orientation if the header is wrong and the stack really is {want}")
+    cl = al = None
+    if coronal_labels:
+        cl = load_volume(coronal_labels, labels=True, name=f"coronal labels '{coronal_labels}'")
+        check_labels_match(cl, cor, f"coronal labels '{coronal_labels}'", "the coronal ceT1")
+    if axial_labels:
+        al = load_volume(axial_labels, labels=True, name=f"axial labels '{axial_labels}'")
+        check_labels_match(al, ax, f"axial labels '{axial_labels}'", "the axial T2")
+    return cor, ax, cl, al
+
+
+def _resolve_translator(spec: str, device: str):
+    """Loads the translator; the bundled default falls back to 'none' only when it is not installed."""
+    from . import translate
+
+    note = None
+    if spec == "default" and not translate.default_checkpoint_path().exists():
+        note = "bundled NICE-GAN checkpoint not found; ran with intensity normalisation only (translator 'none')"
+        warnings.warn(note, stacklevel=2)
+        spec = "none"
+    return translate.load_translator(spec, device=device), note
+
+
+def _check_outputs_do_not_clobber_inputs(out_dir: Path, inputs) -> None:
+    outs = {(out_dir / f).resolve() for f in OUTPUT_FILES.values()}
+    for p in inputs:
+        if p and Path(p).resolve() in outs:
+            raise InputError(f"input '{p}' would be overwritten by an output; choose another --out folder")
+
+
+def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
+             params: Params | None = None, progress: ProgressFn | None = None) -> dict:
+    """Runs the whole pipeline on one case and writes the output contract into ``out_dir``.
+
+    Returns the content of ``transform.json``. Raises :class:`MMRegError` subclasses with
+    one-line messages; on such an error nothing has been written.
+    """
+    params = params or Params()
+    from .register import METHODS, register
+
+    if params.method not in METHODS:
+        raise InputError(f"unknown method {params.method!r}; choose from {', '.join(METHODS)}")
+    if params.label_mode not in labels_mod.MODES:
+        raise InputError(f"unknown label mode {params.label_mode!r}; choose from {labels_mod.MODES}")
+    out_dir = Path(out_dir)
+    _check_outputs_do_not_clobber_inputs(out_dir, [coronal, axial, coronal_labels, axial_labels])
+    timings = {}
+    t0 = time.perf_counter()
+    report(progress, "load", 0, 1)
+    cor, ax, cl, al = _load_inputs(coronal, axial, coronal_labels, axial_labels, params)
+    translator, translator_note = _resolve_translator(params.translator, params.device)
+    report(progress, "load", 1, 1)
+    timings["load"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    synth = translator.convert(cor, "ceT1-to-T2", progress=progress)
+    timings["translate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    moving = cor if params.method == "mi" else synth
+    result = register(moving, ax, params.method, params=dict(params.method_params), progress=progress,
+                      device=_torch_device(params.device), seed=params.seed)
+    M = np.asarray(result.moving_to_fixed, dtype=np.float64)
+    timings["register"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report(progress, "resample", 0, 2)
+    cet1_on_ax = geometry.moving_onto_fixed(cor, ax, M)
+    report(progress, "resample", 1, 2)
+    synth_on_ax = geometry.moving_onto_fixed(synth, ax, M)
+    report(progress, "resample", 2, 2)
+    fused = np.stack([np.asarray(ax.array, np.float32), cet1_on_ax.array, synth_on_ax.array], axis=-1)
+    timings["resample"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cl_on_ax = al_on_cor = None
+    n_lab = int(cl is not None) + int(al is not None)
+    report(progress, "labels", 0, n_lab)
+    if cl is not None:
+        cl_on_ax = labels_mod.moving_labels_onto_fixed(cl, ax, M, params.label_mode)
+        report(progress, "labels", 1, n_lab)
+    if al is not None:
+        al_on_cor = labels_mod.fixed_labels_onto_moving(al, cor, M, params.label_mode)
+        report(progress, "labels", n_lab, n_lab)
+    timings["labels"] = time.perf_counter() - t
+
+    # ------------------------------------------------------------------ write (atomically, per file)
+    t = time.perf_counter()
+    n_write = 6 + 2 * (cl is not None or al is not None)
+    step = 0
+
+    def tick():
+        nonlocal step
+        step += 1
+        report(progress, "write", step, n_write)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_volume(synth, out_dir / OUTPUT_FILES["synth"], dtype=np.float32); tick()
+    save_volume(cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32); tick()
+    save_volume(ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32); tick()
+    if cl_on_ax is not None:
+        save_volume(cl_on_ax, out_dir / OUTPUT_FILES["coronal_labels_on_axial"], dtype=np.uint16)
+    if al_on_cor is not None:
+        save_volume(al_on_cor, out_dir / OUTPUT_FILES["axial_labels_on_coronal"], dtype=np.uint16)
+    if cl is not None or al is not None:
+        values = set()
+        for v in (cl, al):
+            if v is not None:
+                values |= set(np.unique(v.array).tolist())
+        _write_text(out_dir / OUTPUT_FILES["label_colors"], labels_mod.color_table(values)); tick()
+    geometry.write_itk_tfm(M, out_dir / OUTPUT_FILES["transform_tfm"]); tick()
+    timings["write"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+
+    transform = {
+        "moving_to_fixed_ras": M.tolist(),
+        "method": result.method,
+        "metric": float(result.metric),
+        "subset_index": result.subset_index,
+        "seconds": float(seconds),
+        "success": bool(result.success),
+        "translator": translator.name,
+        "subset_metrics": None if result.subset_metrics is None else [float(x) for x in result.subset_metrics],
+    }
+    if translator_note:
+        transform["translator_note"] = translator_note
+    rep = {
+        "version": __version__,
+        "inputs": {"coronal": str(coronal), "axial": str(axial), "coronal_labels": _s(coronal_labels),
+                   "axial_labels": _s(axial_labels)},
+        "params": params.to_dict(),
+        "translator": {"name": translator.name, "info": getattr(translator, "info", {}), "note": translator_note},
+        "registration": {"method": result.method, "metric": float(result.metric), "success": bool(result.success),
+                         "subset_index": result.subset_index, "seconds": float(result.seconds),
+                         "details": result.details},
+        "geometry": {"coronal": _geom(cor), "axial": _geom(ax)},
+        "fused_channels": list(FUSED_CHANNELS),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "total_seconds": round(seconds, 3),
+        "platform": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+    if params.report_png:
+        from .report import case_figure
+        try:
+            case_figure(ax, cet1_on_ax, synth_on_ax, result, out_dir / OUTPUT_FILES["report_png"],
+                        labels_on_axial=cl_on_ax)
+        except Exception as exc:  # a figure must never fail a registration
+            rep["report_png_error"] = f"{type(exc).__name__}: {exc}"
+    tick()
+    _write_text(out_dir / OUTPUT_FILES["report_json"], json.dumps(rep, indent=2, default=_json_default))
+    # transform.json last: its presence means every other output is complete.
+    _write_text(out_dir / OUTPUT_FILES["transform_json"], json.dumps(transform, indent=2)); tick()
+    return transform
+
+
+def _s(p):
+    return None if p is None else str(p)
+
+
+def _geom(v: Volume) -> dict:
+    return {"shape": list(v.shape), "spacing_mm": [round(float(s), 4) for s in v.spacing], "plane": plane(v),
+            "obliquity_deg": round(obliquity_deg(v), 2)}
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), suffix=Path(path).suffix)
+
+
+def _torch_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if device == "cuda" and not has_cuda:
+        raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return "cuda" if has_cuda else "cpu"
+
+
+def read_transform(out_dir) -> np.ndarray:
+    """The moving->fixed RAS matrix of a finished output folder."""
+    data = json.loads((Path(out_dir) / OUTPUT_FILES["transform_json"]).read_text())
+    return np.asarray(data["moving_to_fixed_ras"], dtype=np.float64)
