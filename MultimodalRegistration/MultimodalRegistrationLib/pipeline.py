@@ -152,7 +152,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
 
     # ------------------------------------------------------------------ write (atomically, per file)
     t = time.perf_counter()
-    n_write = 6 + 2 * (cl is not None or al is not None)
+    n_write = 6 + int(cl_on_ax is not None) + int(al_on_cor is not None) + int(cl is not None or al is not None)
     step = 0
 
     def tick():
@@ -165,9 +165,9 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     save_volume(cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32); tick()
     save_volume(ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32); tick()
     if cl_on_ax is not None:
-        save_volume(cl_on_ax, out_dir / OUTPUT_FILES["coronal_labels_on_axial"], dtype=np.uint16)
+        save_volume(cl_on_ax, out_dir / OUTPUT_FILES["coronal_labels_on_axial"], dtype=np.uint16); tick()
     if al_on_cor is not None:
-        save_volume(al_on_cor, out_dir / OUTPUT_FILES["axial_labels_on_coronal"], dtype=np.uint16)
+        save_volume(al_on_cor, out_dir / OUTPUT_FILES["axial_labels_on_coronal"], dtype=np.uint16); tick()
     if cl is not None or al is not None:
         values = set()
         for v in (cl, al):

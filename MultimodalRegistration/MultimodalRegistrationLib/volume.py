@@ -237,6 +237,12 @@ def _nifti_suffix(path: Path) -> str:
     raise InputError(f"output {_describe(path)} must end in .nii or .nii.gz")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, writer, suffix: str = "") -> Path:
     """Writes through ``writer(tmp_path)`` to a temporary file beside ``path``, then renames it.
 
@@ -248,6 +254,7 @@ def atomic_write(path: str | os.PathLike, writer, suffix: str = "") -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
