@@ -1,0 +1,183 @@
+"""Translator API: checkpoint safety (hash, foreign files, pickle), geometry, directions, bundled model."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from MultimodalRegistrationLib import translate  # noqa: E402
+from MultimodalRegistrationLib.errors import CheckpointError, InputError  # noqa: E402
+from MultimodalRegistrationLib.nicegan import InferenceModel, NiceGan, NiceGanConfig  # noqa: E402
+from MultimodalRegistrationLib.volume import Volume, slice_axis  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MMREG_DATA", ROOT.parent / "shared" / "data"))
+TINY = NiceGanConfig(ch=8, n_res=1, img_size=32)
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = NiceGan(TINY)
+    path = translate.save_checkpoint(model, tmp_path / "tiny.safetensors", {"iterations": 0, "command": "test"})
+    return path
+
+
+def test_checkpoint_roundtrip_and_sidecar(tiny_ckpt):
+    meta = json.loads(translate.sidecar_path(tiny_ckpt).read_text())
+    assert meta["sha256"] == translate.sha256_file(tiny_ckpt)
+    assert meta["config"] == TINY.to_dict()
+    assert meta["normalisation"]["method"] == "percentile"
+    tr = translate.load_translator(str(tiny_ckpt), "cpu")
+    assert tr.name == "nicegan:tiny.safetensors"
+    assert tr.info["sha256"] == meta["sha256"]
+    json.dumps(tr.info)  # JSON-serialisable
+    # only the inference weights (no discriminator heads) are in the file
+    from safetensors.torch import load_file
+    keys = load_file(str(tiny_ckpt)).keys()
+    assert keys and all(k.split(".")[0] in ("encA", "encB", "decA", "decB") for k in keys)
+
+
+def test_tampered_checkpoint_refused(tiny_ckpt):
+    data = bytearray(tiny_ckpt.read_bytes())
+    data[-10] ^= 0xFF
+    tiny_ckpt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        translate.load_translator(str(tiny_ckpt), "cpu")
+
+
+def test_foreign_safetensors_refused(tiny_ckpt):
+    from safetensors.torch import save_file
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(tiny_ckpt))
+    side = translate.sidecar_path(tiny_ckpt)
+    meta = json.loads(side.read_text())
+    meta["sha256"] = translate.sha256_file(tiny_ckpt)  # a consistent hash, but the wrong tensors
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not hold this architecture"):
+        translate.load_translator(str(tiny_ckpt), "cpu")
+
+
+def test_wrong_shapes_refused(tiny_ckpt, tmp_path):
+    other = translate.save_checkpoint(NiceGan(NiceGanConfig(ch=16, n_res=1, img_size=32)),
+                                      tmp_path / "other.safetensors", {})
+    side = translate.sidecar_path(other)
+    meta = json.loads(side.read_text())
+    meta["config"] = TINY.to_dict()
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="shapes"):
+        translate.load_translator(str(other), "cpu")
+
+
+def test_pickle_and_missing_sidecar_refused(tiny_ckpt, tmp_path):
+    pt = tmp_path / "model.pt"
+    torch.save(InferenceModel(TINY).state_dict(), pt)
+    with pytest.raises(CheckpointError, match="pickle"):
+        translate.load_translator(str(pt), "cpu")
+    disguised = tmp_path / "disguised.safetensors"
+    disguised.write_bytes(pt.read_bytes())
+    with pytest.raises(CheckpointError, match="pickle"):
+        translate.load_translator(str(disguised), "cpu")
+    translate.sidecar_path(tiny_ckpt).unlink()
+    with pytest.raises(CheckpointError, match="sidecar"):
+        translate.load_translator(str(tiny_ckpt), "cpu")
+
+
+def _oblique_volume(shape=(40, 7, 30), spacing=(0.7, 4.0, 0.7)):
+    rng = np.random.default_rng(1)
+    th = np.radians(8)
+    rot = np.array([[np.cos(th), 0, np.sin(th)], [0, 1, 0], [-np.sin(th), 0, np.cos(th)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(spacing)
+    aff[:3, 3] = [-12.0, 30.0, 5.0]
+    arr = rng.normal(100, 20, shape).astype(np.float32)
+    arr[:5] = 0.0
+    return Volume(arr, aff)
+
+
+def test_convert_keeps_geometry_and_uses_slice_axis(tiny_ckpt):
+    vol = _oblique_volume()
+    assert slice_axis(vol) == 1
+    tr = translate.load_translator(str(tiny_ckpt), "cpu")
+    calls = []
+    out = tr.convert(vol, "ceT1-to-T2", progress=lambda s, d, t: calls.append((s, d, t)), batch_size=3)
+    assert out.shape == vol.shape
+    np.testing.assert_array_equal(out.affine, vol.affine)
+    assert np.all(np.isfinite(out.array))
+    # intensities mapped back into the input's robust range
+    lo, hi = translate.robust_range(vol.array)
+    assert out.array.min() >= lo - 1e-3 and out.array.max() <= hi + 1e-3
+    # progress counts slices along the slice axis (7), in batches of 3
+    assert calls[-1] == ("translate", 7, 7) and len(calls) == 1 + 3
+    # slice j of the output depends only on slice j of the input (slice-by-slice along axis 1)
+    vol2 = vol.with_array(vol.array.copy())
+    # permute the voxels of slice 3: same histogram, so the per-volume normalisation is unchanged
+    sl = vol2.array[:, 3, :].ravel().copy()
+    vol2.array[:, 3, :] = np.random.default_rng(5).permutation(sl).reshape(40, 30)
+    out2 = tr.convert(vol2, "ceT1-to-T2")
+    changed = [not np.allclose(out.array[:, j], out2.array[:, j]) for j in range(7)]
+    assert changed == [False, False, False, True, False, False, False]
+    # both directions run and differ
+    back = tr.convert(vol, "T2-to-ceT1")
+    assert back.shape == vol.shape and not np.allclose(back.array, out.array)
+
+
+def test_direction_and_device_validated(tiny_ckpt):
+    tr = translate.load_translator(str(tiny_ckpt), "cpu")
+    with pytest.raises(InputError):
+        tr.convert(_oblique_volume(), "T1-to-FLAIR")
+    with pytest.raises(InputError):
+        translate.load_translator(str(tiny_ckpt), "tpu")
+
+
+def test_none_translator_only_normalises():
+    vol = _oblique_volume()
+    tr = translate.load_translator("none")
+    assert tr.name == "none"
+    out = tr.convert(vol, "ceT1-to-T2")
+    assert out.shape == vol.shape and np.allclose(out.affine, vol.affine)
+    assert out.array.min() >= 0.0 and out.array.max() <= 1.0
+    # a monotone rescaling of the input: the voxel order is kept
+    flat_in, flat_out = vol.array.ravel(), out.array.ravel()
+    i, j = np.argmax(flat_in), np.argmin(flat_in)
+    assert flat_out[i] == 1.0 and flat_out[j] == 0.0
+
+
+def test_square_resize_roundtrip():
+    x = np.random.default_rng(0).random((2, 30, 50)).astype(np.float32)
+    t, geom = translate.to_square(x, 50)
+    assert tuple(t.shape) == (2, 1, 50, 50)
+    np.testing.assert_allclose(translate.from_square(t, geom), x, atol=1e-6)
+
+
+def test_default_checkpoint():
+    path = translate.default_checkpoint_path()
+    assert path.parent.name == "Models" and path.name.endswith(".safetensors")
+    if path.exists():
+        tr = translate.load_translator("default", "cpu")
+        assert tr.name == f"nicegan:{path.name}" and tr.info["iterations"] > 0
+        assert path.stat().st_size < 20 * 1024**2
+    else:
+        with pytest.raises(CheckpointError, match="no bundled"):
+            translate.load_translator("default", "cpu")
+
+
+def test_bundled_gan_beats_unconverted_on_rendered_pair():
+    """A rendered ceT1/T2 pair (never in the training set: fresh seed): converting the ceT1
+    slices lands closer (MSE) to their T2 pairs than the unconverted slices are."""
+    path = translate.default_checkpoint_path()
+    if not path.exists():
+        pytest.skip(f"no bundled checkpoint at {path} yet")
+    from MultimodalRegistrationLib import synth
+    rng = np.random.default_rng(987654)
+    a, b, aff, _ = synth.render_mni_pair(rng)
+    A, B = synth.extract_slices(a, b, aff, 6, rng, 128, planes=(("coronal", 1.0),), augment=False)
+    tr = translate.load_translator("default", "cpu")
+    fake = tr.translate_slices(A, "ceT1-to-T2")
+    mse_conv = float(np.mean((fake - B) ** 2))
+    mse_raw = float(np.mean((A - B) ** 2))
+    assert mse_conv < 0.7 * mse_raw, (mse_conv, mse_raw)
