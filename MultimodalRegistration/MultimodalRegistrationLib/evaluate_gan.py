@@ -25,7 +25,8 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .progress import ProgressFn, report
-from .translate import GanTranslator, Translator, load_translator, normalise01, robust_range
+from .translate import (GanTranslator, Translator, add_progress_argument, load_translator, normalise01,
+                        progress_from_args, robust_range)
 
 STAT_ROWS = ("mean", "std", "min", "q1", "median", "q3", "max")
 
@@ -210,11 +211,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=8)
+    add_progress_argument(parser)
 
 
 def run_cli(args) -> int:
     tr = load_translator(args.checkpoint, args.device)
-    res = evaluate(tr, args.cases, args.out, args.plane, args.data_root, args.batch_size)
+    res = evaluate(tr, args.cases, args.out, args.plane, args.data_root, args.batch_size,
+                   progress=progress_from_args(args))
     print(f"{res['slices']} held-out {res['plane']} slices of {', '.join(res['cases'])} with {res['translator']}:")
     print(table1_markdown(res["summary"]), end="")
     print(f"report written to {args.out}")

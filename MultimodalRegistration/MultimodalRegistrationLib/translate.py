@@ -330,20 +330,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'default' (bundled), 'none' (normalisation only) or a .safetensors path")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=8)
+    add_progress_argument(parser)
 
 
-def _progress_from_args(args) -> ProgressFn:
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
+                        help="progress on stderr: JSON lines, a bar, or nothing (default: a bar on a terminal)")
+
+
+def progress_from_args(args) -> Optional[ProgressFn]:
+    import sys
+
     from .progress import bar_progress, json_progress
 
-    if getattr(args, "json_progress", False) or getattr(args, "progress", None) == "json":
-        return json_progress()
-    return bar_progress()
+    mode = getattr(args, "progress", "auto") or "auto"
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    return {"json": json_progress, "bar": bar_progress}.get(mode, lambda: None)()
 
 
 def run_cli(args) -> int:
     vol = load_volume(args.input)
     tr = load_translator(args.checkpoint, args.device)
-    out = tr.convert(vol, args.direction, progress=_progress_from_args(args), batch_size=args.batch_size)
+    out = tr.convert(vol, args.direction, progress=progress_from_args(args), batch_size=args.batch_size)
     save_volume(out, args.out)
     print(f"{args.direction} with {tr.name}: wrote {args.out}")
     return 0
