@@ -88,8 +88,8 @@ def load_brats_pair(case: str, root: Path | None = None):
 
 # ----------------------------------------------------------------------------- tissue model from MNI152
 
-def mni_tissues():
-    """Fractions of the base tissues on the ICBM152 2009 1 mm grid, plus the affine."""
+def mni_tissues(step: int = 1):
+    """Fractions of the base tissues on the ICBM152 2009 1 mm grid (every ``step``-th voxel), plus the affine."""
     import nibabel as nib
 
     d = _nilearn_data()
@@ -98,6 +98,10 @@ def mni_tissues():
     gm = np.asarray(nib.load(str(d / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")).dataobj, np.float32) / 255.0
     wm = np.asarray(nib.load(str(d / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")).dataobj, np.float32) / 255.0
     aff = np.asarray(t1img.affine, dtype=np.float64)
+    if step > 1:
+        t1, gm, wm = t1[::step, ::step, ::step], gm[::step, ::step, ::step], wm[::step, ::step, ::step]
+        aff = aff.copy()
+        aff[:3, :3] *= step
     t1n = t1 / np.percentile(t1[t1 > 0.05], 99)
     # nilearn's template is brain-only: take the scalp, skull and face from the MNI152 T1 *with head*
     # (../shared/data/real/MNI152_T1_2mm.nii.gz), resampled onto the 1 mm grid.
