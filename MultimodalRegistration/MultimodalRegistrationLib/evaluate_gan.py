@@ -133,7 +133,7 @@ def _figures(out: Path, A, B, fakeA, fakeB, title: str) -> None:
 
     n = min(4, len(A))
     idx = np.linspace(len(A) * 0.25, len(A) * 0.75, n).astype(int)
-    fig, axes = plt.subplots(n, 6, figsize=(13, 2.3 * n))
+    fig, axes = plt.subplots(n, 6, figsize=(14, 2.4 * n), constrained_layout=True)
     axes = np.atleast_2d(axes)
     cols = ["ceT1", "generated ceT1 (from T2)", "ceT1 - generated", "T2", "generated T2 (from ceT1)", "T2 - generated"]
     for r, i in enumerate(idx):
@@ -147,7 +147,7 @@ def _figures(out: Path, A, B, fakeA, fakeB, title: str) -> None:
             ax.axis("off")
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
-    fig.colorbar(h, ax=axes[:, [2, 5]].ravel().tolist(), shrink=0.6, label="I(P) - I(P') (0..1 scale)")
+    fig.colorbar(h, ax=axes.ravel().tolist(), shrink=0.6, label="I(P) - I(P') (0..1 scale)")
     fig.suptitle(title, fontsize=9)
     fig.savefig(out / "fig5_grid.png", dpi=80)
     plt.close(fig)
