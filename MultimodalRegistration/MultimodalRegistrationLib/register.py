@@ -1,0 +1,716 @@
+"""Rigid registration of a (translated) coronal stack to an axial stack.
+
+Three methods behind one entry point, :func:`register`, all returning a :class:`RegistrationResult`
+whose ``moving_to_fixed`` maps a point of the coronal (moving) RAS world to the axial (fixed) RAS
+world:
+
+* ``"ours"`` (default): global search (FFT masked-NCC over every translation for a lattice of
+  rotations around the start) on a coarse isotropic grid, then continuous 6-DOF refinement in
+  physical space on a pyramid: the coronal stack is sampled (trilinear, torch ``grid_sample``) at
+  the axial voxel centres with the axial slice profile (several samples across each axial slice's
+  thickness), normalised cross-correlation over the overlap, L-BFGS with autograd.
+* ``"paper"``: the paper's method, faithfully (Sec. 3.5): slice-axis interpolation, subsets of
+  re-sliced coronal rows one axial spacing apart, pruning, centre initialisation, greedy nudges of
+  +-lr_i pixels / +-1 degree with the decaying step ``lr_i = lr_0 / (1 + i / n)`` (Eq. 1), MSE, best
+  subset by the lowest mean MSE. Vectorised over subsets and probes (torch).
+* ``"mi"``: the paper's SimpleITK mutual-information baseline (:mod:`baselines`).
+
+Details and every interpretation of the paper: docs/REGISTRATION.md.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from . import geometry
+from .errors import InputError, RegistrationError
+from .progress import report
+from .subsets import axis_correspondence, interpolate_slice_axis, plan_for
+from .volume import Volume, slice_axis
+
+METHODS = ("ours", "paper", "mi")
+
+#: Success thresholds (documented and calibrated in docs/REGISTRATION.md).
+#: ours: final NCC over the overlap at the finest level; paper: mean MSE of the best subset after
+#: the fixed image is scaled so that its 99th percentile is 1000 (the paper's 6e5 was on raw scanner
+#: intensities and does not transfer); mi: final Mattes MI (negative, lower is better).
+OURS_SUCCESS_NCC = 0.60
+PAPER_SUCCESS_MSE = 2.0e4
+MI_SUCCESS_METRIC = -0.25
+
+OURS_DEFAULTS = {
+    "init": "search",            # "search" (header start + global search) | "header" (trust headers) | "center"
+    "search_rot_deg": 15.0,      # rotation lattice radius around the start
+    "search_rot_step_deg": 7.5,
+    "search_shift_mm": 50.0,     # translation range of the FFT search around the start
+    "search_grid_mm": 6.0,
+    "top_k": 3,                  # search candidates refined at the coarsest level
+    "levels_mm": (4.0, 2.0, 1.0),
+    "iterations": (30, 20, 12),
+    "max_points": (60000, 80000, 120000),
+    "profile_samples": 3,
+    "success_ncc": OURS_SUCCESS_NCC,
+}
+
+PAPER_DEFAULTS = {
+    "lr0": 2.0,                  # initial step in working pixels
+    "n_iter": 12,                # iterations of the greedy search per subset (n of Eq. 1)
+    "rot_step_deg": 1.0,
+    "pixel_mm": 2.0,             # in-plane working pixel for the MSE (speed; the paper used the native grid)
+    "normalisation": "simple",   # "simple" | "histogram"
+    "rotations": "inplane",      # "inplane" (about the axial slice normal) | "all" (also about R and A)
+    "subset_stride": 1,          # evaluate every n-th kept subset (1 = all, as the paper)
+    "success_mse": PAPER_SUCCESS_MSE,
+}
+
+
+@dataclass
+class RegistrationResult:
+    moving_to_fixed: np.ndarray      # 4x4, coronal (moving) RAS world -> axial (fixed) RAS world
+    method: str                      # "ours" | "paper" | "mi" (benchmark wrappers: "elastix", "ants")
+    metric: float                    # final metric (paper: mean MSE of the best subset; ours: NCC)
+    success: bool                    # metric-based, documented and calibrated threshold
+    subset_index: int | None = None
+    subset_metrics: list[float] | None = None   # per-subset metric curve (paper Fig. 7), None if n/a
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)  # JSON-serialisable extras
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["moving_to_fixed"] = np.asarray(self.moving_to_fixed, dtype=float).tolist()
+        return d
+
+
+def register(moving: Volume, fixed: Volume, method: str = "ours", *, params: dict | None = None,
+             progress=None, device: str = "cpu", seed: int = 0) -> RegistrationResult:
+    """Registers ``moving`` (coronal stack, its header world) to ``fixed`` (axial stack)."""
+    if method not in METHODS:
+        raise InputError(f"unknown registration method {method!r}; choose from {', '.join(METHODS)}")
+    _check_inputs(moving, fixed)
+    params = dict(params or {})
+    t0 = time.perf_counter()
+    if method == "ours":
+        res = register_ours(moving, fixed, params=params, progress=progress, device=device, seed=seed)
+    elif method == "paper":
+        res = register_paper(moving, fixed, params=params, progress=progress, device=device)
+    else:
+        from .baselines import register_mi
+        res = register_mi(moving, fixed, params=params, progress=progress, seed=seed)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _check_inputs(moving: Volume, fixed: Volume) -> None:
+    for v, name in ((moving, "moving (coronal) volume"), (fixed, "fixed (axial) volume")):
+        if not isinstance(v, Volume):
+            raise InputError(f"{name} must be a Volume")
+        a = np.asarray(v.array)
+        if a.ndim != 3 or min(a.shape) < 2:
+            raise InputError(f"{name} must be a 3D stack with at least 2 voxels per axis, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise InputError(f"{name} has NaN/Inf voxels")
+        if float(a.max()) == float(a.min()):
+            raise InputError(f"{name} is constant; nothing to register")
+
+
+# ============================================================================ shared helpers
+
+def robust_scale(arr: np.ndarray, q: float = 99.0) -> float:
+    a = np.asarray(arr, dtype=np.float32)
+    pos = a[a > 0]
+    s = float(np.percentile(pos, q)) if pos.size else float(np.abs(a).max())
+    return s if s > 0 else 1.0
+
+
+def _inplane_axes(vol: Volume) -> list[int]:
+    k = slice_axis(vol)
+    return [a for a in range(3) if a != k]
+
+
+def block_mean(vol: Volume, factors) -> Volume:
+    """Averages blocks of ``factors`` voxels (crop to multiples); the affine follows the block centres."""
+    f = [max(1, int(x)) for x in factors]
+    arr = np.asarray(vol.array, dtype=np.float32)
+    if f == [1, 1, 1]:
+        return Volume(arr, vol.affine.copy())
+    n = [max(1, s // fi) for s, fi in zip(arr.shape, f)]
+    f = [min(fi, s) for fi, s in zip(f, arr.shape)]
+    a = arr[: n[0] * f[0], : n[1] * f[1], : n[2] * f[2]]
+    a = a.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(axis=(1, 3, 5))
+    aff = vol.affine.copy()
+    aff[:3, :3] = vol.affine[:3, :3] * np.asarray(f, dtype=np.float64)
+    aff[:3, 3] = vol.affine[:3, :3] @ ((np.asarray(f, dtype=np.float64) - 1) / 2) + vol.affine[:3, 3]
+    return Volume(a, aff)
+
+
+def level_factors(vol: Volume, level_mm: float) -> list[int]:
+    """In-plane block factors bringing ``vol`` to about ``level_mm``; the slice axis is never shrunk."""
+    k = slice_axis(vol)
+    return [1 if a == k else max(1, int(round(level_mm / vol.spacing[a]))) for a in range(3)]
+
+
+def smooth_for(vol: Volume, target_mm: float) -> np.ndarray:
+    """Gaussian anti-aliasing of ``vol`` before sampling it at ``target_mm`` (per axis, in mm)."""
+    sp = vol.spacing
+    sig = [math.sqrt(max(0.0, (0.42 * target_mm) ** 2 - (0.42 * s) ** 2)) / s for s in sp]
+    arr = np.asarray(vol.array, dtype=np.float32)
+    if max(sig) < 0.3:
+        return arr
+    return ndimage.gaussian_filter(arr, sig, mode="nearest").astype(np.float32)
+
+
+def signal_mask(arr: np.ndarray, frac: float = 0.08, dilate: int = 2) -> np.ndarray:
+    thr = frac * robust_scale(arr)
+    m = arr > thr
+    if dilate > 0:
+        m = ndimage.binary_dilation(m, iterations=dilate)
+    return m
+
+
+def rotvec_matrix(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    th = float(np.linalg.norm(v))
+    if th < 1e-12:
+        return np.eye(3)
+    k = v / th
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(th) * K + (1 - math.cos(th)) * K @ K
+
+
+def about(R: np.ndarray, c: np.ndarray, t=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 map p -> R (p - c) + c + t."""
+    M = np.eye(4)
+    M[:3, :3] = R
+    M[:3, 3] = np.asarray(c) - R @ np.asarray(c) + np.asarray(t, dtype=np.float64)
+    return M
+
+
+def center_init(moving: Volume, fixed: Volume) -> np.ndarray:
+    """Translation placing the moving signal centroid on the fixed signal centroid (headers' rotations kept)."""
+    def centroid(v):
+        a = np.asarray(v.array, dtype=np.float32)
+        m = a > 0.1 * robust_scale(a)
+        ijk = np.argwhere(m).mean(axis=0) if m.any() else (np.asarray(a.shape) - 1) / 2
+        return v.voxel_to_world(ijk[None])[0]
+    M = np.eye(4)
+    M[:3, 3] = centroid(fixed) - centroid(moving)
+    return M
+
+
+# ============================================================================ ours
+
+def _torch():
+    import torch
+    return torch
+
+
+def _rotation_lattice(radius_deg: float, step_deg: float) -> list[np.ndarray]:
+    if radius_deg <= 0 or step_deg <= 0:
+        return [np.zeros(3)]
+    n = int(math.floor(radius_deg / step_deg + 1e-9))
+    out = []
+    for a in range(-n, n + 1):
+        for b in range(-n, n + 1):
+            for c in range(-n, n + 1):
+                v = np.array([a, b, c], dtype=np.float64) * step_deg
+                if np.linalg.norm(v) <= radius_deg + 1e-6:
+                    out.append(np.radians(v))
+    out.sort(key=lambda v: float(np.linalg.norm(v)))
+    return out
+
+
+def _fft_ncc_search(mov_s: np.ndarray, moving: Volume, fix_s: np.ndarray, fixed: Volume, fix_mask_src: np.ndarray,
+                    M0: np.ndarray, p: dict, progress=None) -> list[tuple[float, np.ndarray]]:
+    """Masked NCC (Padfield 2012) over all translations within ``search_shift_mm`` on a coarse isotropic
+    grid aligned with the fixed stack, for each rotation of a lattice around ``M0``. Returns
+    (ncc, moving_to_fixed) candidates, best first."""
+    from scipy import fft as sfft
+
+    g = float(p["search_grid_mm"])
+    T = float(p["search_shift_mm"])
+    D = fixed.direction
+    corners = np.array([[i, j, k] for i in (0, fixed.shape[0] - 1) for j in (0, fixed.shape[1] - 1)
+                        for k in (0, fixed.shape[2] - 1)], dtype=np.float64)
+    u = fixed.voxel_to_world(corners) @ D                # coordinates along the fixed axes
+    lo = u.min(0) - T - g
+    hi = u.max(0) + T + g
+    shape = tuple(int(np.ceil((h - l) / g)) + 1 for l, h in zip(lo, hi))
+    G = np.eye(4)
+    G[:3, :3] = D * g
+    G[:3, 3] = D @ lo
+    fs = Volume(fix_s, fixed.affine)
+    F = geometry.resample(fs, shape, G, order=1)
+    mF = geometry.resample(Volume(fix_mask_src.astype(np.float32), fixed.affine), shape, G, order=1) > 0.5
+    F = np.where(mF, F, 0).astype(np.float64)
+    mFf = mF.astype(np.float64)
+    rf = lambda a: sfft.rfftn(a, workers=1)  # noqa: E731
+    irf = lambda a: sfft.irfftn(a, s=shape, workers=1)  # noqa: E731
+    FA, FF2, FM = rf(F), rf(F * F), rf(mFf)
+    nF = mFf.sum()
+    shifts = [np.fft.fftfreq(n, 1.0 / n) for n in shape]   # signed integer shifts per index
+    sx, sy, sz = np.meshgrid(*shifts, indexing="ij")
+    in_range = (np.abs(sx) * g <= T) & (np.abs(sy) * g <= T) & (np.abs(sz) * g <= T)
+    ms = Volume(mov_s, moving.affine)
+    ones = Volume(np.ones(moving.shape, np.float32), moving.affine)
+    c_mov = geometry.apply(M0, moving.center_world()[None])[0]
+    rots = _rotation_lattice(float(p["search_rot_deg"]), float(p["search_rot_step_deg"]))
+    cands = []
+    for r_i, rv in enumerate(rots):
+        Mc = about(rotvec_matrix(rv), c_mov) @ M0
+        Minv = np.linalg.inv(Mc)
+        Gm = geometry.resample(ms, shape, G, Minv, order=1).astype(np.float64)
+        mM = geometry.resample(ones, shape, G, Minv, order=1) > 0.5
+        Gm = np.where(mM, Gm, 0)
+        mMf = mM.astype(np.float64)
+        GA, GB, GM = np.conj(rf(Gm)), np.conj(rf(Gm * Gm)), np.conj(rf(mMf))
+        N = irf(FM * GM)
+        S1 = irf(FA * GM)
+        S2 = irf(FM * GA)
+        S11 = irf(FF2 * GM)
+        S22 = irf(FM * GB)
+        S12 = irf(FA * GA)
+        Ns = np.maximum(N, 1.0)
+        num = S12 - S1 * S2 / Ns
+        den = (S11 - S1 * S1 / Ns) * (S22 - S2 * S2 / Ns)
+        ncc = num / np.sqrt(np.maximum(den, 1e-12))
+        min_n = 0.3 * min(nF, mMf.sum())
+        ncc[(N < min_n) | ~in_range] = -np.inf
+        idx = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+        t = np.array([sx[idx], sy[idx], sz[idx]]) * g
+        M = np.eye(4)
+        M[:3, 3] = D @ t
+        cands.append((float(ncc[idx]), M @ Mc))
+        report(progress, "register", r_i + 1, len(rots) + 4)
+    cands.sort(key=lambda c: -c[0])
+    return cands
+
+
+class _Level:
+    """Fixed sample points (with slice profile) and the smoothed moving volume at one pyramid level."""
+
+    def __init__(self, moving: Volume, mov_arr: np.ndarray, fixed: Volume, fix_arr: np.ndarray,
+                 fix_mask: np.ndarray, level_mm: float, profile: int, max_points: int, seed: int, torch, dev):
+        fx = Volume(np.where(fix_mask, fix_arr, 0).astype(np.float32), fixed.affine)
+        fac = level_factors(fixed, level_mm)
+        fl = block_mean(fx, fac)
+        ml = block_mean(Volume(fix_mask.astype(np.float32), fixed.affine), fac)
+        keep = ml.array > 0.5
+        ijk = np.argwhere(keep)
+        vals = fl.array[keep] / np.maximum(ml.array[keep], 1e-6)
+        if len(ijk) > max_points:
+            rng = np.random.default_rng(seed)
+            sel = np.sort(rng.choice(len(ijk), max_points, replace=False))
+            ijk, vals = ijk[sel], vals[sel]
+        world = fl.voxel_to_world(ijk.astype(np.float64))
+        kf = slice_axis(fixed)
+        thick = float(fixed.spacing[kf])
+        nrm = fixed.direction[:, kf]
+        offs = np.linspace(-thick / 2, thick / 2, profile + 2)[1:-1] if profile > 1 else np.zeros(1)
+        pts = world[:, None, :] + offs[None, :, None] * nrm[None, None, :]
+        mv = Volume(mov_arr, moving.affine)
+        self.mov = torch.from_numpy(np.ascontiguousarray(smooth_for(mv, level_mm)))[None, None].to(dev)
+        self.inv_aff = torch.from_numpy(np.linalg.inv(moving.affine)).to(dev)
+        self.shape = torch.tensor(moving.shape, dtype=torch.float64, device=dev)
+        self.pts = torch.from_numpy(pts).to(dev)                    # (P, S, 3) fixed world
+        self.vals = torch.from_numpy(vals.astype(np.float64)).to(dev)
+        self.n = len(vals)
+
+
+def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
+    """-NCC for params x = (rotation vector in degrees, translation in mm) applied after M0 about c."""
+    rv = x[:3] * (math.pi / 180.0)
+    th = torch.sqrt((rv * rv).sum() + 1e-18)
+    k = rv / th
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    K = torch.stack([torch.stack([zero, -k[2], k[1]]), torch.stack([k[2], zero, -k[0]]),
+                     torch.stack([-k[1], k[0], zero])])
+    I = torch.eye(3, dtype=x.dtype, device=x.device)
+    R = I + torch.sin(th) * K + (1 - torch.cos(th)) * (K @ K)
+    # fixed world -> moving world: M0^-1 ( R^T (p - c - t) + c )
+    q = (lvl.pts - c_t - x[3:]) @ R + c_t                       # row-vector form of R^T (.)
+    A = lvl.inv_aff @ M0inv_t
+    vox = q @ A[:3, :3].T + A[:3, 3]                            # (P, S, 3) moving voxel indices
+    size = lvl.shape
+    norm = 2.0 * vox / (size - 1.0) - 1.0
+    grid = norm[..., [2, 1, 0]].to(lvl.mov.dtype)[None, :, :, None, :]   # (1, P, S, 1, 3)
+    v = F.grid_sample(lvl.mov, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    v = v.reshape(norm.shape[0], norm.shape[1]).to(x.dtype)
+    inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
+    w = inside.mean(dim=1)
+    mv = (v * inside).sum(dim=1) / torch.clamp(inside.sum(dim=1), min=1e-6)
+    sw = w.sum()
+    if float(sw.detach()) < 0.05 * lvl.n:
+        return torch.ones((), dtype=x.dtype) * 1.0 + 0 * x.sum(), 0.0
+    a = lvl.vals
+    ma = (w * a).sum() / sw
+    mb = (w * mv).sum() / sw
+    da, db = a - ma, mv - mb
+    cov = (w * da * db).sum() / sw
+    va = (w * da * da).sum() / sw
+    vb = (w * db * db).sum() / sw
+    ncc = cov / torch.sqrt(va * vb + 1e-12)
+    return -ncc, float(sw) / lvl.n
+
+
+def _refine(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch, dev) -> tuple[np.ndarray, float, float]:
+    import torch.nn.functional as F
+
+    M0inv_t = torch.from_numpy(np.linalg.inv(M0)).to(dev)
+    c_t = torch.from_numpy(np.asarray(c_world, dtype=np.float64)).to(dev)
+    x = torch.zeros(6, dtype=torch.float64, device=dev, requires_grad=True)
+    x.data[:3] = 1e-4
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=int(iters), history_size=10,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss, _ = _ours_loss(x, lvl, M0inv_t, c_t, torch, F)
+        loss.backward()
+        return loss
+
+    try:
+        opt.step(closure)
+    except RuntimeError:
+        pass
+    with torch.no_grad():
+        loss, frac = _ours_loss(x, lvl, M0inv_t, c_t, torch, F)
+    xv = x.detach().cpu().numpy()
+    if not np.all(np.isfinite(xv)):
+        return M0, -float(loss), frac
+    M = about(rotvec_matrix(np.radians(xv[:3])), c_world, xv[3:]) @ M0
+    return M, -float(loss), frac
+
+
+def _eval_ncc(M: np.ndarray, lvl: _Level, torch, dev) -> float:
+    import torch.nn.functional as F
+    x = torch.zeros(6, dtype=torch.float64, device=dev)
+    x[:3] = 1e-4
+    with torch.no_grad():
+        loss, _ = _ours_loss(x, lvl, torch.from_numpy(np.linalg.inv(M)).to(dev),
+                             torch.zeros(3, dtype=torch.float64, device=dev), torch, F)
+    return -float(loss)
+
+
+def register_ours(moving: Volume, fixed: Volume, *, params: dict | None = None, progress=None,
+                  device: str = "cpu", seed: int = 0) -> RegistrationResult:
+    torch = _torch()
+    p = dict(OURS_DEFAULTS)
+    p.update(params or {})
+    unknown = set(p) - set(OURS_DEFAULTS) - {"initial_transform"}
+    if unknown:
+        raise InputError(f"unknown parameter(s) for method 'ours': {', '.join(sorted(unknown))}")
+    dev = torch.device(device if (device != "cuda" or torch.cuda.is_available()) else "cpu")
+    t0 = time.perf_counter()
+    mov = np.asarray(moving.array, dtype=np.float32)
+    fix = np.asarray(fixed.array, dtype=np.float32)
+    mov = mov / robust_scale(mov)
+    fix = fix / robust_scale(fix)
+    fix_mask = signal_mask(fix, 0.08, dilate=3)
+    M0 = np.asarray(p.get("initial_transform") if p.get("initial_transform") is not None else np.eye(4), dtype=np.float64)
+    init = p["init"]
+    if init not in ("search", "header", "center"):
+        raise InputError(f"init must be 'search', 'header' or 'center', got {init!r}")
+    if init == "center":
+        M0 = center_init(moving.with_array(mov), fixed.with_array(fix)) @ M0
+    levels = list(p["levels_mm"])
+    iters = list(p["iterations"])
+    maxp = list(p["max_points"])
+    n_steps = len(levels) + 4
+    details: dict = {"init": init}
+    cands = [(float("nan"), M0)]
+    if init in ("search", "center"):
+        g = float(p["search_grid_mm"])
+        mov_s = smooth_for(Volume(mov, moving.affine), g)
+        fix_s = smooth_for(Volume(fix, fixed.affine), g)
+        cands = _fft_ncc_search(mov_s, moving, fix_s, fixed, fix_mask, M0, p, progress)
+        details["search_best_ncc"] = cands[0][0]
+        details["search_seconds"] = time.perf_counter() - t0
+        cands = _distinct(cands, int(p["top_k"]))
+    c_world_of = lambda M: geometry.apply(M, moving.center_world()[None])[0]  # noqa: E731
+    lvl0 = _Level(moving, mov, fixed, fix, fix_mask, levels[0], int(p["profile_samples"]), maxp[0], seed, torch, dev)
+    best = None
+    for _, Mc in cands:
+        M, ncc, frac = _refine(Mc, lvl0, c_world_of(Mc), iters[0], torch, dev)
+        if best is None or ncc > best[1]:
+            best = (M, ncc, frac)
+    M, ncc, frac = best
+    report(progress, "register", n_steps - len(levels) + 1, n_steps)
+    level_ncc = [ncc]
+    for li in range(1, len(levels)):
+        lvl = _Level(moving, mov, fixed, fix, fix_mask, levels[li], int(p["profile_samples"]), maxp[li], seed + li, torch, dev)
+        M2, ncc2, frac2 = _refine(M, lvl, c_world_of(M), iters[li], torch, dev)
+        if np.isfinite(ncc2):
+            M, ncc, frac = M2, ncc2, frac2
+        level_ncc.append(ncc)
+        report(progress, "register", n_steps - len(levels) + 1 + li, n_steps)
+    report(progress, "register", n_steps, n_steps)
+    details.update({"level_ncc": [float(v) for v in level_ncc], "overlap_fraction": float(frac),
+                    "levels_mm": [float(v) for v in levels], "success_threshold_ncc": float(p["success_ncc"]),
+                    "device": str(dev)})
+    ok = bool(np.isfinite(ncc) and ncc >= float(p["success_ncc"]))
+    return RegistrationResult(moving_to_fixed=M, method="ours", metric=float(ncc), success=ok, details=details)
+
+
+def _distinct(cands, k: int, min_mm: float = 6.0, min_deg: float = 5.0):
+    out = []
+    for s, M in cands:
+        if not np.isfinite(s):
+            continue
+        if all(not (np.linalg.norm(M[:3, 3] - N[:3, 3]) < min_mm and
+                    geometry.rotation_angle_deg(M @ np.linalg.inv(N)) < min_deg) for _, N in out):
+            out.append((s, M))
+        if len(out) >= k:
+            break
+    return out or cands[:1]
+
+
+# ============================================================================ paper
+
+def _histogram_match(src: np.ndarray, ref: np.ndarray, src_mask: np.ndarray, ref_mask: np.ndarray) -> np.ndarray:
+    """Quantile mapping of ``src`` onto ``ref`` computed over the masks (area with both modalities)."""
+    qs = np.linspace(0, 100, 257)
+    sq = np.percentile(src[src_mask], qs)
+    rq = np.percentile(ref[ref_mask], qs)
+    sq = np.maximum.accumulate(sq + np.arange(len(sq)) * 1e-9)
+    return np.interp(src, sq, rq).astype(np.float32)
+
+
+def register_paper(moving: Volume, fixed: Volume, *, params: dict | None = None, progress=None,
+                   device: str = "cpu") -> RegistrationResult:
+    """The paper's subset search (Sec. 3.5), vectorised. See the module docstring and docs."""
+    torch = _torch()
+    import torch.nn.functional as F
+
+    p = dict(PAPER_DEFAULTS)
+    p.update(params or {})
+    unknown = set(p) - set(PAPER_DEFAULTS)
+    if unknown:
+        raise InputError(f"unknown parameter(s) for method 'paper': {', '.join(sorted(unknown))}")
+    if p["normalisation"] not in ("simple", "histogram"):
+        raise InputError("normalisation must be 'simple' or 'histogram'")
+    if p["rotations"] not in ("inplane", "all"):
+        raise InputError("rotations must be 'inplane' or 'all'")
+    dev = torch.device(device if (device != "cuda" or torch.cuda.is_available()) else "cpu")
+
+    # --- 3.5.1: interpolate the converted coronal stack along its slice axis to the axial spacing
+    kf = slice_axis(fixed)
+    perm, signs = axis_correspondence(moving, fixed)
+    km = slice_axis(moving)
+    fa = int(np.flatnonzero(perm == km)[0])              # fixed axis that the moving slice axis maps to
+    fine = interpolate_slice_axis(moving, float(fixed.spacing[fa]), axis=km)
+    # the rows along the axial slice normal are re-interpolated so that the axial spacing is an exact
+    # whole number of rows (the skip of Sec. 3.5.2)
+    ra = int(perm[kf])
+    skip = max(1, int(round(float(fixed.spacing[kf]) / float(fine.spacing[ra]))))
+    fine = interpolate_slice_axis(fine, float(fixed.spacing[kf]) / skip, axis=ra)
+    report(progress, "subsets", 0, 1)
+    plan = plan_for(fine, fixed)                           # 3.5.2: enumerate and prune subsets
+    report(progress, "subsets", 1, 1)
+    starts = plan.kept_starts[:: max(1, int(p["subset_stride"]))]
+
+    # --- fixed slices at the working pixel size, intensity normalisation
+    fixv = Volume(np.asarray(fixed.array, dtype=np.float32), fixed.affine)
+    fixv = fixv.with_array(fixv.array * (1000.0 / robust_scale(fixv.array)))
+    fl = block_mean(fixv, level_factors(fixed, float(p["pixel_mm"])))
+    fix_arr = np.moveaxis(fl.array, kf, 0)                 # (K, U, V)
+    inpl = [a for a in range(3) if a != kf]                # fixed in-plane axes, in (U, V) order
+    mov_arr = np.asarray(fine.array, dtype=np.float32)
+    lo_f, hi_f = float(np.percentile(fixv.array, 0.5)), float(np.percentile(fixv.array, 99.5))
+    lo_m, hi_m = float(np.percentile(mov_arr, 0.5)), float(np.percentile(mov_arr, 99.5))
+    mov_arr = (mov_arr - lo_m) / max(hi_m - lo_m, 1e-6) * (hi_f - lo_f) + lo_f   # "simple normalisation"
+    if p["normalisation"] == "histogram":
+        mov_arr = _histogram_match(mov_arr, fix_arr, mov_arr > lo_f + 0.05 * (hi_f - lo_f),
+                                   fix_arr > lo_f + 0.05 * (hi_f - lo_f))
+    mov_arr = smooth_for(fine.with_array(mov_arr), float(p["pixel_mm"]))
+    mov_t = torch.from_numpy(np.ascontiguousarray(mov_arr))[None, None].to(dev)
+    fix_t = torch.from_numpy(np.ascontiguousarray(fix_arr)).to(dev)
+    K, U, V = fix_arr.shape
+
+    # --- geometry of the centre initialisation, in voxel units (headers' positions unused)
+    # fixed pixel (u, v) of slice k -> mm offsets from the fixed slice centre along the fixed in-plane
+    # axes -> the matching moving axes (by direction cosines), centred on the moving in-plane centre;
+    # fixed slice k -> moving row start + k * skip (row direction following the fixed slice axis).
+    sp_fl = fl.spacing
+    row_ax = plan.row_axis
+    m_axes = [int(perm[a]) for a in inpl]                   # moving axes for U and V
+    m_sign = [float(signs[a]) for a in inpl]
+    sp_m = fine.spacing
+    cu, cv = (U - 1) / 2.0, (V - 1) / 2.0
+    mc = (np.asarray(fine.shape, dtype=np.float64) - 1) / 2.0
+    uu, vv = np.meshgrid(np.arange(U) - cu, np.arange(V) - cv, indexing="ij")
+    du = torch.from_numpy(uu * sp_fl[inpl[0]]).to(dev)       # mm
+    dv = torch.from_numpy(vv * sp_fl[inpl[1]]).to(dev)
+    rowsign = plan.row_sign
+    kk = torch.arange(K, dtype=torch.float64, device=dev)
+    size = torch.tensor(fine.shape, dtype=torch.float64, device=dev)
+    pix = float(p["pixel_mm"])
+
+    def rows_for(start_t):                                  # (B,) -> (B, K) moving row index per fixed slice
+        if rowsign >= 0:
+            return start_t[:, None] + plan.skip * kk[None, :]
+        return start_t[:, None] + plan.skip * (K - 1 - kk[None, :])
+
+    # rows of the fine volume laid side by side in one tall 2D image (one zero line between them), so
+    # that in-plane-only moves sample with a coherent 2D bilinear lookup (much faster than 3D)
+    order = [row_ax, m_axes[0], m_axes[1]]
+    rows_img = np.transpose(mov_arr, order)                                  # (Nr, H0, W0)
+    Nr, H0, W0 = rows_img.shape
+    tall = np.zeros((Nr, H0 + 2, W0), dtype=np.float32)
+    tall[:, 1:-1] = rows_img
+    tall_t = torch.from_numpy(tall.reshape(1, 1, Nr * (H0 + 2), W0)).to(dev)
+    Hb = Nr * (H0 + 2)
+    du32, dv32 = du.float(), dv.float()
+
+    def mse_2d(start_t, prm):
+        B = prm.shape[0]
+        prm = prm.float()
+        th = prm[:, 2] * (math.pi / 180)
+        ct, st = torch.cos(th)[:, None, None], torch.sin(th)[:, None, None]
+        u0 = du32[None] - prm[:, 0, None, None] * pix
+        v0 = dv32[None] - prm[:, 1, None, None] * pix
+        a = mc[m_axes[0]] + m_sign[0] * (ct * u0 + st * v0) / sp_m[m_axes[0]]      # (B, U, V)
+        b = mc[m_axes[1]] + m_sign[1] * (-st * u0 + ct * v0) / sp_m[m_axes[1]]
+        ok = ((a > -0.5) & (a < H0 - 0.5)).float()
+        rows = rows_for(start_t).float()                                       # (B, K)
+        y = rows[:, :, None, None] * (H0 + 2) + 1.0 + a[:, None]               # (B, K, U, V)
+        x = (b[:, None] * (2.0 / (W0 - 1)) - 1.0).expand(B, K, U, V)
+        grid = torch.stack([x, y * (2.0 / (Hb - 1)) - 1.0], dim=-1).reshape(1, B * K * U, V, 2)
+        vals = F.grid_sample(tall_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        vals = vals.reshape(B, K, U, V) * ok[:, None]
+        err = (vals - fix_t[None].float()) ** 2
+        return err.mean(dim=(2, 3)).mean(dim=1).double()
+
+    def mse_of(start_t, prm):
+        """prm (B, 5): tu, tv (working pixels), theta (deg, about the slice normal), a, b (deg, tilts
+        about the U and V axes). Returns per-subset mean over slices of the per-slice MSE (B,)."""
+        B = prm.shape[0]
+        th = prm[:, 2] * (math.pi / 180)
+        ct, st = torch.cos(th)[:, None, None, None], torch.sin(th)[:, None, None, None]
+        # inverse map: fixed pixel -> rotate by -theta about centre, shift by -t (mm)
+        u0 = du[None, None] - prm[:, 0, None, None, None] * pix
+        v0 = dv[None, None] - prm[:, 1, None, None, None] * pix
+        u1 = ct * u0 + st * v0
+        v1 = -st * u0 + ct * v0
+        rows = rows_for(start_t)[:, :, None, None].expand(B, K, U, V)
+        # tilts: the through-plane position varies linearly with the in-plane position
+        ta = torch.tan(prm[:, 3] * (math.pi / 180))[:, None, None, None]
+        tb = torch.tan(prm[:, 4] * (math.pi / 180))[:, None, None, None]
+        rows = rows + (ta * v1 - tb * u1) / plan.row_mm * rowsign
+        coords = [None, None, None]
+        coords[row_ax] = rows
+        coords[m_axes[0]] = mc[m_axes[0]] + m_sign[0] * u1.expand(B, K, U, V) / sp_m[m_axes[0]]
+        coords[m_axes[1]] = mc[m_axes[1]] + m_sign[1] * v1.expand(B, K, U, V) / sp_m[m_axes[1]]
+        vox = torch.stack(coords, dim=-1)
+        norm = 2.0 * vox / (size - 1.0) - 1.0
+        grid = norm[..., [2, 1, 0]].to(mov_t.dtype).reshape(1, B * K, U, V, 3)
+        vals = F.grid_sample(mov_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        vals = vals.reshape(B, K, U, V)
+        err = (vals - fix_t[None]) ** 2
+        return err.mean(dim=(2, 3)).mean(dim=1)
+
+    n_iter = int(p["n_iter"])
+    lr0 = float(p["lr0"])
+    rstep = float(p["rot_step_deg"])
+    n_dof = 5 if p["rotations"] == "all" else 3
+    probes = [np.zeros(5)]
+    for d in range(n_dof):
+        for s in (+1, -1):
+            e = np.zeros(5)
+            e[d] = s
+            probes.append(e)
+    probes = torch.from_numpy(np.stack(probes)).to(dev)    # (P, 5) unit moves
+    Pn = probes.shape[0]
+    chunk = max(1, int(3e6 // max(1, Pn * K * U * V)))
+    all_mse = np.full(len(starts), np.inf)
+    all_prm = np.zeros((len(starts), 5))
+    total = int(math.ceil(len(starts) / chunk))
+    with torch.no_grad():
+        for ci in range(total):
+            st_np = starts[ci * chunk:(ci + 1) * chunk].astype(np.float64)
+            B = len(st_np)
+            st_t = torch.from_numpy(st_np).to(dev)
+            prm = torch.zeros(B, 5, dtype=torch.float64, device=dev)
+            cur = None
+            for i in range(n_iter):
+                lr_i = lr0 / (1.0 + i / n_iter)                       # Eq. 1
+                scale = torch.tensor([lr_i, lr_i, rstep, rstep, rstep], dtype=torch.float64, device=dev)
+                cand = prm[:, None, :] + probes[None] * scale[None, None]   # (B, P, 5)
+                fn = mse_2d if n_dof == 3 else mse_of
+                m = fn(st_t.repeat_interleave(Pn), cand.reshape(B * Pn, 5)).reshape(B, Pn)
+                best = torch.argmin(m, dim=1)
+                prm = cand[torch.arange(B), best]
+                cur = m[torch.arange(B), best]
+            all_mse[ci * chunk: ci * chunk + B] = cur.cpu().numpy()
+            all_prm[ci * chunk: ci * chunk + B] = prm.cpu().numpy()
+            report(progress, "register", ci + 1, total)
+    b = int(np.argmin(all_mse))
+    start, prm = int(starts[b]), all_prm[b]
+
+    # --- the chosen voxel map as a world transform: moving(fine) voxel -> fixed voxel, then affines
+    M = _paper_world_transform(start, prm, plan, fine, fl, fixed, kf, inpl, m_axes, m_sign, pix)
+    thr = float(p["success_mse"])
+    mse = float(all_mse[b])
+    curve = np.full(plan.n_enumerated, np.nan)
+    idx_kept = np.flatnonzero(plan.kept)[:: max(1, int(p["subset_stride"]))]
+    curve[idx_kept] = all_mse
+    details = {"n_subsets_enumerated": plan.n_enumerated, "n_subsets_kept": int(plan.kept.sum()),
+               "n_subsets_evaluated": int(len(starts)), "skip_rows": plan.skip, "row_mm": plan.row_mm,
+               "best_start_row": start, "params_px_deg": [float(v) for v in prm],
+               "lr_schedule": "lr_i = lr_0 / (1 + i / n)", "lr0": lr0, "n_iter": n_iter,
+               "pixel_mm": pix, "normalisation": p["normalisation"], "success_threshold_mse": thr,
+               "subset_metrics_kept_only": [float(v) for v in all_mse]}
+    return RegistrationResult(moving_to_fixed=M, method="paper", metric=mse, success=bool(mse <= thr),
+                              subset_index=int(np.flatnonzero(plan.kept)[:: max(1, int(p["subset_stride"]))][b]),
+                              subset_metrics=[None if not np.isfinite(v) else float(v) for v in curve],
+                              details=details)
+
+
+def _paper_world_transform(start, prm, plan, fine: Volume, fl: Volume, fixed: Volume, kf, inpl, m_axes, m_sign,
+                           pix) -> np.ndarray:
+    """World (RAS) moving->fixed matrix equivalent to the paper's voxel placement of a subset."""
+    # Build the fixed-voxel(level grid) -> fine-moving-voxel affine map from three sample points + origin.
+    K = fl.shape[kf]
+    U, V = fl.shape[inpl[0]], fl.shape[inpl[1]]
+    cu, cv = (U - 1) / 2.0, (V - 1) / 2.0
+    mc = (np.asarray(fine.shape, dtype=np.float64) - 1) / 2.0
+    sp_fl, sp_m = fl.spacing, fine.spacing
+    th = math.radians(prm[2])
+    ta, tb = math.tan(math.radians(prm[3])), math.tan(math.radians(prm[4]))
+
+    def fmap(idx):
+        k, u, v = idx[kf], idx[inpl[0]], idx[inpl[1]]
+        u0 = (u - cu) * sp_fl[inpl[0]] - prm[0] * pix
+        v0 = (v - cv) * sp_fl[inpl[1]] - prm[1] * pix
+        u1 = math.cos(th) * u0 + math.sin(th) * v0
+        v1 = -math.sin(th) * u0 + math.cos(th) * v0
+        row = start + plan.skip * (k if plan.row_sign >= 0 else (K - 1 - k))
+        row += (ta * v1 - tb * u1) / plan.row_mm * plan.row_sign
+        out = np.zeros(3)
+        out[plan.row_axis] = row
+        out[m_axes[0]] = mc[m_axes[0]] + m_sign[0] * u1 / sp_m[m_axes[0]]
+        out[m_axes[1]] = mc[m_axes[1]] + m_sign[1] * v1 / sp_m[m_axes[1]]
+        return out
+
+    P = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    Q = np.array([fmap(q) for q in P])
+    Vmap = np.eye(4)                                        # fixed-level voxel -> fine moving voxel
+    Vmap[:3, 3] = Q[0]
+    for a in range(3):
+        Vmap[:3, a] = Q[a + 1] - Q[0]
+    fixed_to_moving_world = fine.affine @ Vmap @ np.linalg.inv(fl.affine)
+    M = np.linalg.inv(fixed_to_moving_world)
+    # the voxel map is rigid in mm up to the (tiny) tilt shear; project onto the nearest rotation
+    U_, _, Vt = np.linalg.svd(M[:3, :3])
+    R = U_ @ Vt
+    if np.linalg.det(R) < 0:
+        R = U_ @ np.diag([1, 1, -1]) @ Vt
+    c = fixed.center_world()
+    cm = geometry.apply(np.linalg.inv(M), c[None])[0]
+    out = np.eye(4)
+    out[:3, :3] = R
+    out[:3, 3] = c - R @ cm
+    return out
