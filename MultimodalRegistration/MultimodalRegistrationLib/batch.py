@@ -354,9 +354,31 @@ class Task:
     hash: str
     digests: dict
     run_case: Optional[Callable] = None
+    threads: Optional[int] = None
 
 
 _WORKER_QUEUE = None
+
+
+def set_threads(threads: int) -> Optional[int]:
+    """Limits torch (and SimpleITK) to ``threads`` threads; returns torch's previous setting.
+
+    The thread count changes the order of floating-point reductions, hence the last bits of a
+    result: runs are bit-identical only for the same thread count (docs/BATCH.md).
+    """
+    previous = None
+    try:
+        import torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+    except ImportError:
+        pass
+    try:
+        import SimpleITK as sitk
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    except Exception:
+        pass
+    return previous
 
 
 def _worker_init(threads: int, queue) -> None:
@@ -365,19 +387,11 @@ def _worker_init(threads: int, queue) -> None:
     _WORKER_QUEUE = queue
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = str(threads)
+    set_threads(threads)
     try:
         import torch
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
-    except ImportError:
-        pass
-    try:
-        import SimpleITK as sitk
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    except Exception:
+        torch.set_num_interop_threads(1)
+    except (ImportError, RuntimeError):
         pass
 
 
@@ -459,6 +473,7 @@ def run_one(task: Task, emit: Callable = lambda *a: None) -> CaseResult:
         "hash": task.hash, "version": __version__, "params": params_dict(task.params),
         "inputs": {r: {"path": str(p), "sha256": task.digests.get(r)} for r, p in inp.items()},
         "outputs": outputs, "success": success, "metric": metric, "seconds": round(seconds, 3),
+        "threads": task.threads,
         "warnings": _warn_text(caught),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -552,8 +567,12 @@ def estimate_case_bytes(case: Case) -> int:
     return BASE_WORKER_BYTES + BYTES_FACTOR * 4 * vox
 
 
-def plan_jobs(requested: int, cases: list[Case], n_to_run: Optional[int] = None) -> tuple[int, int, list[str]]:
-    """(jobs, torch threads per job, notes): jobs capped by the cores, the cases and the memory."""
+def plan_jobs(requested: int, cases: list[Case], n_to_run: Optional[int] = None,
+              threads: Optional[int] = None) -> tuple[int, int, list[str]]:
+    """(jobs, torch threads per job, notes): jobs capped by the cores, the cases and the memory.
+
+    Threads per job default to cores // jobs; an explicit ``threads`` is kept as given.
+    """
     notes = []
     cpus = available_cpus()
     jobs = max(1, int(requested))
@@ -574,8 +593,9 @@ def plan_jobs(requested: int, cases: list[Case], n_to_run: Optional[int] = None)
             notes.append(f"--jobs lowered to {fit}: each case may need ~{need / 1024**3:.1f} GiB and "
                          f"{avail / 1024**3:.1f} GiB is available")
             jobs = fit
-    threads = max(1, cpus // jobs)
-    return jobs, threads, notes
+    if threads is None or threads < 1:
+        threads = max(1, cpus // jobs)
+    return jobs, int(threads), notes
 
 
 # ----------------------------------------------------------------------------- progress (parent side)
@@ -704,12 +724,14 @@ class _Lock:
 
 def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: Optional[Callable] = None,
               progress: Optional[Callable[[dict], None]] = None, force: bool = False,
-              note: Optional[Callable[[str], None]] = None) -> list[CaseResult]:
+              note: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> list[CaseResult]:
     """Runs every case (skipping those already finished with the same hash) and writes summary.csv.
 
     ``run_case`` (default :func:`pipeline.run_case`) must be a module-level function when jobs > 1
     (it is pickled to spawned workers). ``progress`` receives event dicts (see :class:`Tracker`);
-    ``note`` one-line notices (e.g. --jobs lowered to fit the memory).
+    ``note`` one-line notices (e.g. --jobs lowered to fit the memory). ``threads``: torch threads
+    per case (default: cores // jobs); with jobs == 1 the cases run in this process, whose torch
+    thread count is set for the batch and restored afterwards.
     Returns one :class:`CaseResult` per case, in manifest order. KeyboardInterrupt propagates after
     summary.csv has been written.
     """
@@ -745,15 +767,23 @@ def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: O
 
         try:
             if todo:
-                n_jobs, threads, plan_notes = plan_jobs(jobs, [t.case for t in todo], len(todo))
+                n_jobs, n_threads, plan_notes = plan_jobs(jobs, [t.case for t in todo], len(todo), threads)
                 for n in plan_notes:
                     if note is not None:
                         note(n)
+                for t in todo:
+                    t.threads = n_threads
                 if jobs <= 1:
-                    for t in todo:
-                        record(run_one(t, lambda kind, *p, _id=t.case.case_id: _on_worker_event(tracker, kind, _id, *p)))
+                    previous = set_threads(n_threads)
+                    try:
+                        for t in todo:
+                            record(run_one(t, lambda kind, *p, _id=t.case.case_id:
+                                           _on_worker_event(tracker, kind, _id, *p)))
+                    finally:
+                        if previous is not None:
+                            set_threads(previous)
                 else:
-                    _run_pool(todo, out, n_jobs, threads, tracker, record)
+                    _run_pool(todo, out, n_jobs, n_threads, tracker, record)
         finally:
             write_summary(out, cases, results)
             _rmtree(out / STAGING)
@@ -840,6 +870,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", "-o", required=True, help="output folder: OUT/<case id>/ and OUT/summary.csv")
     parser.add_argument("--jobs", "-j", type=int, default=1,
                         help="cases run in parallel processes (capped by CPU cores and memory; default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per case (default: CPU cores // jobs). Results are bit-identical "
+                             "only for the same thread count")
     parser.add_argument("--force", action="store_true", help="re-run finished cases too")
     add_pipeline_arguments(parser)
 
@@ -849,6 +882,8 @@ def run_cli(args) -> int:
 
     if args.jobs < 1:
         raise ManifestError("--jobs must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise ManifestError("--threads must be at least 1")
     cases = load_cases(args.input)
     params = params_from_args(args)
     mode = args.progress
@@ -857,6 +892,7 @@ def run_cli(args) -> int:
     emit = {"json": json_events(), "bar": bar_events(), "none": None}[mode]
     try:
         results = run_batch(cases, args.out, params, jobs=args.jobs, progress=emit, force=args.force,
+                            threads=args.threads,
                             note=lambda n: print(f"mmreg batch: note: {n}", file=sys.stderr))
     except KeyboardInterrupt:
         print(f"mmreg batch: interrupted; {Path(args.out) / SUMMARY} lists what finished. "
