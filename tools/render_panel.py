@@ -4,8 +4,9 @@
     python tools/render_panel.py                       # panel as a user first sees it
     python tools/render_panel.py --result mmreg_demo   # panel after a run, from a real output folder
 
-Writes ``Resources/Screenshots/panel.png`` (Advanced collapsed, as in Slicer) and
-``Resources/Screenshots/panel_advanced.png`` (Advanced expanded). With ``--result DIR`` (an output
+Writes ``Resources/Screenshots/panel.png`` (Advanced collapsed, as in Slicer),
+``Resources/Screenshots/panel_advanced.png`` (Advanced expanded) and
+``Resources/Screenshots/panel_running.png`` (during a run: Cancel, progress, status line). With ``--result DIR`` (an output
 folder of ``mmreg register``/``mmreg demo``) the Results section shows that run's metrics line,
 computed from its ``transform.json`` exactly as the module does, and ``DIR/report.png`` is copied to
 ``Resources/Screenshots/results.png`` for the README and the Extensions Index.
@@ -52,7 +53,7 @@ def _quiet_qt_messages():
     QtCore.qInstallMessageHandler(handler)
 
 
-def build_panel(result_dir: Path | None = None):
+def build_panel(result_dir: Path | None = None, running: bool = False):
     """Load the .ui with stand-ins and put it in the state to picture."""
     import slicer_stubs as stubs
     from MultimodalRegistrationLib.slicer_support import (OUTPUT_FILES, completion_status, format_metrics,
@@ -66,6 +67,19 @@ def build_panel(result_dir: Path | None = None):
     apply_button = stubs.child(panel, "applyButton")
     apply_button.setEnabled(True)
     apply_button.setToolTip("Register the coronal ceT1 to the axial T2 and transfer the labels.")
+    if running:
+        # what the widget shows while the core runs: Cancel, progress from the JSON lines, inputs locked
+        from MultimodalRegistrationLib.slicer_support import ProgressEvent, ProgressTracker
+
+        tracker = ProgressTracker()
+        for event in (ProgressEvent("load", 1, 1), ProgressEvent("translate", 1, 1), ProgressEvent("register", 12, 37)):
+            tracker.update(event)
+        apply_button.setText("Cancel")
+        apply_button.setToolTip("Stop the registration; the scene is left as it was.")
+        stubs.child(panel, "progressBar").setValue(tracker.percent)
+        stubs.child(panel, "statusLabel").setText(tracker.status)
+        for name in ("inputsCollapsibleButton", "advancedCollapsibleButton"):
+            stubs.child(panel, name).setEnabled(False)
     if result_dir is not None:
         result = read_transform_json(result_dir / OUTPUT_FILES["transform_json"])
         stubs.child(panel, "progressBar").setValue(100)
@@ -83,6 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--advanced-out", type=lambda s: Path(s) if s else None,
                         default=SCREENSHOTS / "panel_advanced.png", help="empty: skip this picture")
     parser.add_argument("--result", type=Path, help="an mmreg output folder to show in the Results section")
+    parser.add_argument("--running-out", type=lambda s: Path(s) if s else None,
+                        default=SCREENSHOTS / "panel_running.png",
+                        help="the panel while a run is in progress (empty: skip)")
     parser.add_argument("--results-out", type=Path, default=SCREENSHOTS / "results.png",
                         help="where --result's report.png is copied")
     parser.add_argument("--width", type=int, default=420)
@@ -100,6 +117,10 @@ def main(argv=None) -> int:
         stubs.child(panel_adv, "advancedCollapsibleButton").setCollapsed(False)
         stubs.render(panel_adv, args.advanced_out, width=args.width)
         print(f"wrote {args.advanced_out}")
+
+    if args.running_out:
+        stubs.render(build_panel(running=True), args.running_out, width=args.width)
+        print(f"wrote {args.running_out}")
 
     if args.result is not None:
         report = args.result / "report.png"
