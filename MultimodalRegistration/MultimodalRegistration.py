@@ -915,10 +915,30 @@ class MultimodalRegistrationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.ensureTestDependencies()
         self.setUp()
         self.test_SampleRegistration()
         self.setUp()
         self.test_CancelLeavesSceneUnchanged()
+
+    def ensureTestDependencies(self):
+        """Install what the core needs into this (test) Slicer, saying so in the log.
+
+        In testing mode ``pip_ensure`` installs nothing, so the self-test installs the pinned
+        requirements itself; torch comes from the PyTorch extension when it is there."""
+        logic = MultimodalRegistrationLogic()
+        requirementsPath = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+        for requirement in logic.missingRequirements(requirementsPath):
+            logging.info("MultimodalRegistration self-test: installing %s", requirement)
+            slicer.util.pip_install(requirement)
+        if not logic.torchInstalled():
+            logging.info("MultimodalRegistration self-test: installing PyTorch")
+            try:
+                import PyTorchUtils
+                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+            except ImportError:
+                slicer.util.pip_install("torch")
+        self.assertEqual(logic.missingRequirements(requirementsPath), [])
 
     def _loadSample(self):
         paths, groundTruthPath = sampleDataPaths()
