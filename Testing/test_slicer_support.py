@@ -331,3 +331,31 @@ def test_dice_per_label():
     assert ss.dice_per_label(a, b, labels=[7]) == {}
     with pytest.raises(ValueError):
         ss.dice_per_label(a, b[:2])
+
+
+# ---------------------------------------------------------------------------- the real core CLI
+LIB = Path(__file__).resolve().parents[1] / "MultimodalRegistration"
+SAMPLE = LIB / "Resources" / "SampleData"
+
+
+def test_real_core_cli_reports_progress_the_module_understands_and_cancels(tmp_path):
+    """The module's command, run with this Python as 'PythonSlicer': the first JSON progress line
+    parses, and Cancel stops the run (the sample case takes minutes, so it is still running)."""
+    if not (LIB / "MultimodalRegistrationLib" / "cli.py").is_file():
+        pytest.skip("core CLI not written yet")
+    files = {k: SAMPLE / v for k, v in ss.SAMPLE_FILES.items()}
+    if not all(p.is_file() for p in files.values()):
+        pytest.skip("sample case not shipped yet")
+    cmd = ss.build_register_command(sys.executable, files["coronal"], files["axial"], tmp_path / "out",
+                                    coronal_labels=files["coronal_labels"], device="cpu")
+    proc = ss.CoreProcess(cmd, env=ss.child_environment(LIB), cwd=tmp_path).start()
+    events, deadline = [], time.monotonic() + 120
+    while not events and proc.is_running() and time.monotonic() < deadline:
+        events = proc.poll().progress
+        time.sleep(0.05)
+    assert events, f"no progress line; stderr: {proc.stderr_lines[-5:]}"
+    assert events[0].stage in dict(ss.STAGE_WEIGHTS)
+    proc.cancel()
+    assert not proc.is_running()
+    assert proc.wait(timeout=10) != 0
+    assert not (tmp_path / "out" / "transform.json").exists()
