@@ -301,7 +301,7 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
             p = self._parameterNode
-            if not self.ensureDependencies(needTorch=p.translator != Translator.NONE):
+            if not self.ensureDependencies():
                 self.ui.statusLabel.text = _("Python packages are missing; the registration was not started.")
                 return
             self.ui.progressBar.setValue(0)
@@ -395,9 +395,10 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                     return False
             else:
                 if not slicer.util.confirmOkCancelDisplay(
-                        _("The synthetic-T2 translator needs PyTorch, and the PyTorch extension is not installed.\n\n"
-                          "Install PyTorch with pip now (CPU or default CUDA build)? You can also install the "
-                          "'PyTorch' extension from the Extensions Manager instead, or set Translator to None."),
+                        _("Multimodal Registration needs PyTorch (translator and registration), and the PyTorch "
+                          "extension is not installed.\n\nInstall PyTorch with pip now (default build)? You can "
+                          "also cancel and install the 'PyTorch' extension from the Extensions Manager, which "
+                          "picks the CUDA or CPU build that fits this computer."),
                         windowTitle=_("Install PyTorch")):
                     return False
                 slicer.util.pip_install("torch")
