@@ -401,6 +401,13 @@ def test_readme_screenshots_exist():
     assert panel.is_file(), "run: python tools/render_panel.py"
     width, height = _png_size(panel)
     assert width >= 300 and height >= 250
+    # every picture the Slicer section of the README shows is in the repository
+    doc = (ROOT / "docs" / "SLICER.md").read_text(encoding="utf-8")
+    pictures = re.findall(r'<img src="([^"]+)"', doc) + re.findall(r"!\[[^\]]*\]\(([^)\s]+)", doc)
+    assert "Resources/Screenshots/panel.png" in pictures and "Resources/Screenshots/results.png" in pictures
+    for picture in pictures:
+        assert (ROOT / picture).is_file(), f"docs/SLICER.md shows {picture}, which is missing"
+        _png_size(ROOT / picture)
 
 
 # =============================================================================== contract with the core

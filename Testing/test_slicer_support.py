@@ -255,7 +255,10 @@ def test_read_transform_json_accepts_contract(tmp_path):
     assert data["moving_to_fixed_ras"] == np.eye(4).tolist()
     assert ss.subset_curve(data) == ([0, 1, 3], [0.3, 0.2, 0.1])
     line = ss.format_metrics(data)
-    assert "MSE 0.1" in line and "success" in line and "3.0 s" in line and "subset 4" in line
+    assert "final metric 0.1" in line and "success" in line and "3.0 s" in line and "subset 4" in line
+    assert ss.format_metrics(dict(GOOD, method="paper")).startswith("final MSE 0.1 |")
+    assert ss.format_metrics(dict(GOOD, method="mi")).startswith("final MI (Mattes) 0.1 |")
+    assert ss.format_metrics(dict(GOOD, metric_name="NCC")).startswith("final NCC 0.1 |")
     assert "NOT" in ss.format_metrics(dict(GOOD, success=False))
     assert ss.completion_status(data, 12.4) == "Done in 12 s."
     flagged = ss.completion_status(dict(GOOD, success=False, translator_note="no checkpoint"), 3)

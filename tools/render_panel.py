@@ -2,13 +2,14 @@
 """Render the module panel (Resources/UI/MultimodalRegistration.ui) offscreen, without Slicer.
 
     python tools/render_panel.py                       # panel as a user first sees it
-    python tools/render_panel.py --result mmreg_demo   # panel after a run, from a real output folder
+    python tools/render_panel.py --result mmreg_demo   # also the panel after a real run, and its report
 
 Writes ``Resources/Screenshots/panel.png`` (Advanced collapsed, as in Slicer),
 ``Resources/Screenshots/panel_advanced.png`` (Advanced expanded) and
-``Resources/Screenshots/panel_running.png`` (during a run: Cancel, progress, status line). With ``--result DIR`` (an output
-folder of ``mmreg register``/``mmreg demo``) the Results section shows that run's metrics line,
-computed from its ``transform.json`` exactly as the module does, and ``DIR/report.png`` is copied to
+``Resources/Screenshots/panel_running.png`` (during a run: Cancel, progress, status line). With
+``--result DIR`` (an output folder of ``mmreg register``/``mmreg demo``) it also writes
+``panel_done.png``, whose Results section shows that run's metrics and status lines computed from its
+``transform.json`` exactly as the module does, and copies ``DIR/report.png`` to
 ``Resources/Screenshots/results.png`` for the README and the Extensions Index.
 
 The CTK/qMRML classes are replaced by the stand-ins of ``Testing/slicer_stubs.py``; node selectors
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--running-out", type=lambda s: Path(s) if s else None,
                         default=SCREENSHOTS / "panel_running.png",
                         help="the panel while a run is in progress (empty: skip)")
+    parser.add_argument("--done-out", type=Path, default=SCREENSHOTS / "panel_done.png",
+                        help="the panel after --result's run")
     parser.add_argument("--results-out", type=Path, default=SCREENSHOTS / "results.png",
                         help="where --result's report.png is copied")
     parser.add_argument("--width", type=int, default=420)
@@ -108,12 +111,12 @@ def main(argv=None) -> int:
     import slicer_stubs as stubs
 
     stubs.application()
-    panel = build_panel(args.result)
+    panel = build_panel()
     stubs.render(panel, args.out, width=args.width)
     print(f"wrote {args.out}")
 
     if args.advanced_out:
-        panel_adv = build_panel(args.result)
+        panel_adv = build_panel()
         stubs.child(panel_adv, "advancedCollapsibleButton").setCollapsed(False)
         stubs.render(panel_adv, args.advanced_out, width=args.width)
         print(f"wrote {args.advanced_out}")
@@ -123,6 +126,8 @@ def main(argv=None) -> int:
         print(f"wrote {args.running_out}")
 
     if args.result is not None:
+        stubs.render(build_panel(args.result), args.done_out, width=args.width)
+        print(f"wrote {args.done_out}")
         report = args.result / "report.png"
         if report.is_file():
             target = args.results_out
