@@ -874,6 +874,11 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
             if task.showPlot:
                 slicer.modules.plots.logic().ShowChartInLayout(chart)
 
+        # outputs an earlier run on these inputs made and this one did not (e.g. labels dropped)
+        stale = [node for node in slicer.util.getNodesByClass("vtkMRMLNode")
+                 if node.GetAttribute(ATTR_KEY) == key and node.GetAttribute(ATTR_ROLE) not in nodes]
+        removeNodes(*stale)
+
         if task.showResults:
             slicer.util.setSliceViewerLayers(background=axial, foreground=coronal, foregroundOpacity=0.5,
                                              label=None, fit=True)
