@@ -353,8 +353,11 @@ def test_real_core_cli_reports_progress_the_module_understands_and_cancels(tmp_p
                                     coronal_labels=files["coronal_labels"], device="cpu")
     proc = ss.CoreProcess(cmd, env=ss.child_environment(LIB), cwd=tmp_path).start()
     events, deadline = [], time.monotonic() + 120
-    while not events and proc.is_running() and time.monotonic() < deadline:
-        events = proc.poll().progress
+    while not events and time.monotonic() < deadline:
+        if not proc.is_running():  # ended early: drain what the reader threads still hold
+            proc.wait(timeout=10, on_output=lambda out: events.extend(out.progress))
+            break
+        events += proc.poll().progress
         time.sleep(0.05)
     assert events, f"no progress line; stderr: {proc.stderr_lines[-5:]}"
     assert events[0].stage in dict(ss.STAGE_WEIGHTS)
