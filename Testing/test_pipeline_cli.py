@@ -1,0 +1,87 @@
+"""End to end: `mmreg register` on a simulated monomodal case writes the output contract and
+recovers the known transform; bad inputs write nothing."""
+import json
+
+import numpy as np
+import pytest
+
+from MultimodalRegistrationLib import cli, geometry, metrics, simulate
+from MultimodalRegistrationLib.pipeline import OUTPUT_FILES
+from MultimodalRegistrationLib.volume import load_volume
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory, fast_case):
+    d = tmp_path_factory.mktemp("case")
+    simulate.save_case(fast_case, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def registered(case_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    # coronal_T2 stands in for a perfect ceT1->T2 conversion: a monomodal pair.
+    rc = cli.main(["register", "--coronal", str(case_dir / "coronal_T2.nii.gz"),
+                   "--axial", str(case_dir / "axial_T2.nii.gz"),
+                   "--coronal-labels", str(case_dir / "coronal_labels.nii.gz"),
+                   "--axial-labels", str(case_dir / "axial_labels.nii.gz"),
+                   "--translator", "none", "--method", "ours", "--out", str(out), "--progress", "json"])
+    assert rc == 0
+    return out
+
+
+def test_output_contract(registered, case_dir):
+    for key in ("transform_json", "transform_tfm", "synth", "cet1_on_axial", "fused", "coronal_labels_on_axial",
+                "axial_labels_on_coronal", "report_json", "report_png"):
+        assert (registered / OUTPUT_FILES[key]).exists(), key
+    t = json.loads((registered / "transform.json").read_text())
+    assert set(t) >= {"moving_to_fixed_ras", "method", "metric", "subset_index", "seconds", "success", "translator"}
+    assert t["translator"] == "none" and t["method"] == "ours"
+    M = np.asarray(t["moving_to_fixed_ras"])
+    assert np.allclose(geometry.read_itk_tfm(registered / "transform.tfm"), M, atol=1e-6)
+    import nibabel as nib
+    img = nib.load(str(registered / "fused.nii.gz"))
+    ax = load_volume(case_dir / "axial_T2.nii.gz")
+    assert img.shape == ax.shape + (3,)
+    assert np.allclose(img.affine, ax.affine, atol=1e-4)
+    assert not list(registered.glob(".*.part*")), "temporary files left behind"
+
+
+def test_recovers_known_transform_and_labels(registered, case_dir, fast_case):
+    M = np.asarray(json.loads((registered / "transform.json").read_text())["moving_to_fixed_ras"])
+    pts = metrics.overlap_points(fast_case.coronal_t2, fast_case.axial_t2, fast_case.moving_to_fixed)
+    err = metrics.tre(M, fast_case.moving_to_fixed, pts)
+    assert err["mean"] < 1.5, err
+    # Labels carried onto the axial grid agree with the axial grid's own labels where both exist.
+    got = load_volume(registered / "coronal_labels_on_axial.nii.gz", labels=True).array
+    ref = fast_case.axial_labels.array
+    cover = geometry.inside_mask(fast_case.coronal_t2.shape, fast_case.coronal_t2.affine, ref.shape,
+                                 fast_case.axial_t2.affine, np.linalg.inv(fast_case.moving_to_fixed))
+    assert metrics.mean_dice(got, ref, mask=cover) > 0.7
+
+
+def test_missing_input_writes_nothing(tmp_path, case_dir, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["register", "--coronal", str(tmp_path / "nope.nii.gz"), "--axial",
+                   str(case_dir / "axial_T2.nii.gz"), "--out", str(out), "--translator", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "does not exist" in err[0]
+    assert not out.exists()
+
+
+def test_swapped_orientation_is_refused_unless_forced(tmp_path, case_dir, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["register", "--coronal", str(case_dir / "axial_T2.nii.gz"), "--axial",
+                   str(case_dir / "coronal_T2.nii.gz"), "--out", str(out), "--translator", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--force-orientation" in err and "axial slices" in err
+    assert not out.exists()
+
+
+def test_label_grid_mismatch_is_refused(tmp_path, case_dir, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["register", "--coronal", str(case_dir / "coronal_T2.nii.gz"), "--axial",
+                   str(case_dir / "axial_T2.nii.gz"), "--coronal-labels", str(case_dir / "axial_labels.nii.gz"),
+                   "--out", str(out), "--translator", "none"])
+    assert rc == 2 and "grid" in capsys.readouterr().err
+    assert not out.exists()
