@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import enum
+import importlib.util
 import json
 import os
 import re
@@ -529,3 +530,30 @@ def test_sample_case_files():
         affine = imgs[k].affine[:3, :3]
         slice_axis = int(np.argmax(np.linalg.norm(affine, axis=0)))  # thick-slice axis
         assert int(np.argmax(np.abs(affine[:, slice_axis]))) == axis, f"{k} stack orientation"
+
+
+# =============================================================================== tools/sync_cmake_lists.py
+def test_sync_tool_rewrites_the_lists_from_disk(tmp_path):
+    """The tool the lead runs to keep the lists in sync: new files are added, removed ones dropped,
+    the rest of the CMakeLists.txt is kept, and the result passes its own check."""
+    spec = importlib.util.spec_from_file_location("_sync_cmake_lists", ROOT / "tools" / "sync_cmake_lists.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    module = tmp_path / MODULE_NAME
+    for rel in (f"{MODULE_NAME}.py", "MultimodalRegistrationLib/__init__.py", "MultimodalRegistrationLib/new_core.py",
+                "Resources/UI/x.ui", "Resources/Models/net.safetensors", "Testing/Python/helper.py",
+                "MultimodalRegistrationLib/__pycache__/a.cpython-311.pyc", "Resources/.DS_Store"):
+        (module / rel).parent.mkdir(parents=True, exist_ok=True)
+        (module / rel).write_text("x")
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
+    scripts, resources = tool.scripts_on_disk(module), tool.resources_on_disk(module)
+    assert scripts == [f"{MODULE_NAME}.py", "MultimodalRegistrationLib/__init__.py",
+                       "MultimodalRegistrationLib/new_core.py"]
+    assert resources == ["Resources/Models/net.safetensors", "Resources/UI/x.ui"]
+    assert tool.differences(text, module), "the real lists cannot match this toy module"
+    new = tool.rewrite(text, scripts, resources)
+    assert tool.differences(new, module) == []
+    assert "${MODULE_NAME}.py" in new and "slicerMacroBuildScriptedModule" in new
+    assert _cmake_set(new, "MODULE_PYTHON_SCRIPTS") == scripts
+    assert tool.rewrite(new, scripts, resources) == new  # idempotent
