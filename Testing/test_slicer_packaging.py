@@ -260,6 +260,11 @@ def _param_fields():
     return fields
 
 
+def test_ui_widget_names_are_unique():
+    names = [w.get("name") for w in ET.parse(UI_FILE).iter("widget")]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+
+
 def test_every_ui_name_the_module_uses_exists():
     used = set(re.findall(r"self\.ui\.(\w+)", _module_source()))
     assert used, "the module uses no self.ui names?"
