@@ -174,7 +174,7 @@ def test_bundled_gan_beats_unconverted_on_rendered_pair():
         pytest.skip(f"no bundled checkpoint at {path} yet")
     from MultimodalRegistrationLib import synth
     rng = np.random.default_rng(987654)
-    a, b, aff, _ = synth.render_mni_pair(rng)
+    a, b, aff, _ = synth.render_mni_pair(rng, synth.mni_tissues(step=2))  # 2 mm grid: fast
     A, B = synth.extract_slices(a, b, aff, 6, rng, 128, planes=(("coronal", 1.0),), augment=False)
     tr = translate.load_translator("default", "cpu")
     fake = tr.translate_slices(A, "ceT1-to-T2")
