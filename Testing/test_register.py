@@ -11,7 +11,7 @@ from MultimodalRegistrationLib import geometry, metrics, simulate
 from MultimodalRegistrationLib.errors import InputError
 from MultimodalRegistrationLib.register import METHODS, RegistrationResult, register, rotvec_matrix, about
 
-FAST_PAPER = {"pixel_mm": 3.0, "n_iter": 10}
+FAST_PAPER = {"pixel_mm": 4.0, "n_iter": 8, "lr0": 1.5}
 
 
 def _tre(case, M, moving=None):
@@ -96,3 +96,16 @@ def test_mi_baseline_runs_and_recovers_small_offset_from_headers(fast_case):
     assert r.method == "mi" and np.isfinite(r.metric)
     t = _tre(fast_case, r.moving_to_fixed, fast_case.coronal_cet1)
     assert t["median"] < 2.0, t
+
+
+def test_evaluate_benchmark_smoke(tmp_path):
+    import csv
+    from MultimodalRegistrationLib import evaluate
+    out = tmp_path / "bench"
+    assert evaluate.main(["--cases", "1", "--preset", "fast", "--methods", "ours", "--threads", "1",
+                          "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 1 and rows[0]["method"] == "ours" and float(rows[0]["tre_mean"]) < 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"][0]["success_rate"] == 1.0
+    assert "| ours | 1 |" in (out / "summary.md").read_text()

@@ -50,8 +50,8 @@ OURS_DEFAULTS = {
     "search_grid_mm": 6.0,
     "top_k": 3,                  # search candidates refined at the coarsest level
     "levels_mm": (4.0, 2.0, 1.0),
-    "iterations": (30, 20, 12),
-    "max_points": (60000, 80000, 120000),
+    "iterations": (25, 15, 10),
+    "max_points": (20000, 30000, 40000),
     "profile_samples": 3,
     "success_ncc": OURS_SUCCESS_NCC,
 }
@@ -314,9 +314,10 @@ class _Level:
         mv = Volume(mov_arr, moving.affine)
         self.mov = torch.from_numpy(np.ascontiguousarray(smooth_for(mv, level_mm)))[None, None].to(dev)
         self.inv_aff = torch.from_numpy(np.linalg.inv(moving.affine)).to(dev)
-        self.shape = torch.tensor(moving.shape, dtype=torch.float64, device=dev)
-        self.pts = torch.from_numpy(pts).to(dev)                    # (P, S, 3) fixed world
-        self.vals = torch.from_numpy(vals.astype(np.float64)).to(dev)
+        self.shape = torch.tensor(moving.shape, dtype=torch.float32, device=dev)
+        self.origin = torch.from_numpy(world.mean(0)).to(dev)       # points are stored relative to it (float32)
+        self.pts = torch.from_numpy((pts - world.mean(0)).astype(np.float32)).to(dev)   # (P, S, 3)
+        self.vals = torch.from_numpy(vals.astype(np.float32)).to(dev)
         self.n = len(vals)
 
 
@@ -330,15 +331,17 @@ def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
                      torch.stack([-k[1], k[0], zero])])
     I = torch.eye(3, dtype=x.dtype, device=x.device)
     R = I + torch.sin(th) * K + (1 - torch.cos(th)) * (K @ K)
-    # fixed world -> moving world: M0^-1 ( R^T (p - c - t) + c )
-    q = (lvl.pts - c_t - x[3:]) @ R + c_t                       # row-vector form of R^T (.)
+    # fixed world -> moving world: M0^-1 ( R^T (p - c - t) + c ), p = origin + pts; composed in float64
+    # as one affine map of the (float32) relative points
     A = lvl.inv_aff @ M0inv_t
-    vox = q @ A[:3, :3].T + A[:3, 3]                            # (P, S, 3) moving voxel indices
+    L = A[:3, :3] @ R.T                                          # p -> A R^T p
+    off = L @ (lvl.origin - c_t - x[3:]) + A[:3, :3] @ c_t + A[:3, 3]
+    vox = lvl.pts @ L.T.float() + off.float()                    # (P, S, 3) moving voxel indices
     size = lvl.shape
     norm = 2.0 * vox / (size - 1.0) - 1.0
-    grid = norm[..., [2, 1, 0]].to(lvl.mov.dtype)[None, :, :, None, :]   # (1, P, S, 1, 3)
+    grid = norm[..., [2, 1, 0]][None, :, :, None, :]   # (1, P, S, 1, 3)
     v = F.grid_sample(lvl.mov, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    v = v.reshape(norm.shape[0], norm.shape[1]).to(x.dtype)
+    v = v.reshape(norm.shape[0], norm.shape[1])
     inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
     w = inside.mean(dim=1)
     mv = (v * inside).sum(dim=1) / torch.clamp(inside.sum(dim=1), min=1e-6)
@@ -353,7 +356,7 @@ def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
     va = (w * da * da).sum() / sw
     vb = (w * db * db).sum() / sw
     ncc = cov / torch.sqrt(va * vb + 1e-12)
-    return -ncc, float(sw) / lvl.n
+    return -ncc.double(), float(sw.detach()) / lvl.n
 
 
 def _refine(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch, dev) -> tuple[np.ndarray, float, float]:
