@@ -63,6 +63,17 @@ def fake_run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=
     return t
 
 
+def slow_run_case(coronal, axial, out_dir, **kw):
+    """Writes one output, then sleeps (a long case to interrupt)."""
+    import time
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "partial.txt").write_text("half")
+    if "slow" in Path(coronal).name:
+        time.sleep(60)
+    return fake_run_case(coronal, axial, out_dir, **kw)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _write(path: Path, arr, aff) -> Path:
@@ -414,6 +425,60 @@ def test_jobs_2_matches_jobs_1_and_survives_a_dying_worker(tmp_path):
     assert any(e.get("case_stage") == "register" for e in events), "worker progress reaches the parent"
     assert not (out2 / batch.STAGING).exists()
     assert _rows(out2)["zz"]["status"] == "failed"
+
+
+DRIVER = """
+import sys
+sys.path[:0] = {paths!r}
+import test_batch
+from MultimodalRegistrationLib import batch
+if __name__ == "__main__":  # spawned workers re-import this script
+    cases = [batch.Case(cid, c, a) for cid, c, a in {cases!r}]
+    try:
+        batch.run_batch(cases, {out!r}, {{"p": 1}}, jobs=2, run_case=test_batch.slow_run_case)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_with_workers_stops_quickly_and_leaves_no_half_case(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d = tmp_path / "in"
+    cs = [_make_case(d, "a"), _make_case(d, "b", cor_name="slow_coronal.nii.gz"),
+          _make_case(d, "c", cor_name="slow_coronal.nii.gz"), _make_case(d, "d")]
+    out = tmp_path / "out"
+    paths = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "MultimodalRegistration")]
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(paths=paths, out=str(out),
+                                    cases=[(c.case_id, str(c.coronal), str(c.axial)) for c in cs]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        staging = out / batch.STAGING
+        if (staging / "b" / "out" / "partial.txt").exists() and (staging / "c" / "out" / "partial.txt").exists():
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the slow cases never started")
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not stop the batch within 20 s")
+    assert rc == 130, proc.stderr.read().decode()[-2000:]
+    rows = _rows(out)
+    assert rows["a"]["status"] == "done"
+    assert rows["b"]["status"] == "pending" and rows["c"]["status"] == "pending"
+    assert not (out / "b").exists() and not (out / "c").exists()
+    assert rows["d"]["status"] in ("pending", "done")
+    assert not (out / batch.STAGING).exists()
+    assert not [p for p in out.rglob("*") if ".part" in p.name]
 
 
 # ----------------------------------------------------------------------------- CLI and the real pipeline

@@ -93,6 +93,12 @@ class Case:
     coronal_labels: Optional[Path] = None
     axial_labels: Optional[Path] = None
 
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            v = getattr(self, role)
+            if v is not None and not isinstance(v, Path):
+                object.__setattr__(self, role, Path(v))
+
     def inputs(self) -> dict:
         """role -> Path for the inputs that are given."""
         return {r: getattr(self, r) for r in ROLES if getattr(self, r) is not None}
@@ -837,6 +843,13 @@ def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tra
                                          error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
                     record(res)
             except BaseException:
+                # Ctrl-C (or another abort): stop the workers now rather than after their current
+                # case; their staging folders are removed below and no marker was written.
+                for proc in list(getattr(ex, "_processes", {}).values()):
+                    try:
+                        proc.terminate()
+                    except Exception:
+                        pass
                 ex.shutdown(wait=True, cancel_futures=True)
                 raise
             ex.shutdown(wait=True)
