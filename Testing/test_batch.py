@@ -569,3 +569,54 @@ def test_cli_batch_end_to_end_resume_and_determinism(tmp_path, sim_folder, capsy
             b = np.asanyarray(nib.load(str(out2 / cid / f)).dataobj)
             assert np.array_equal(a, b), f
     assert _digest(inputs) == before
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def test_interrupted_write_leaves_no_truncated_nifti(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of writing a NIfTI: the destination keeps its old bytes, no temp file stays."""
+    dest = tmp_path / "vol.nii.gz"
+    save_volume(Volume(np.arange(64, dtype=np.float32).reshape(4, 4, 4), AX_AFFINE), dest)
+    old = dest.read_bytes()
+    real_save = nib.save
+
+    def half_then_interrupt(img, filename):
+        real_save(img, filename)
+        with open(filename, "r+b") as f:
+            f.truncate(20)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_volume(Volume(np.zeros((8, 8, 8), np.float32) + 3, AX_AFFINE), dest)
+    monkeypatch.undo()
+    assert dest.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.nii.gz"]
+    assert load_volume(dest).shape == (4, 4, 4)
+
+
+def test_killed_writer_never_replaces_the_destination(tmp_path):
+    """kill -9 while writing: the destination is either absent or complete, never truncated."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dest = tmp_path / "big.nii.gz"
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1] / 'MultimodalRegistration')!r})\n"
+        "from MultimodalRegistrationLib.volume import Volume, save_volume\n"
+        "arr = np.random.default_rng(0).random((200, 200, 200)).astype(np.float32)\n"
+        "print('ready', flush=True)\n"
+        f"save_volume(Volume(arr, np.eye(4)), {str(dest)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    t0 = time.time()
+    while time.time() - t0 < 30 and not any(".part" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not dest.exists(), "a killed writer must not leave the destination behind"
+    # what may remain is a hidden temporary file, never under the destination's name
+    assert all(p.name.startswith(".big.nii.gz.") and ".part" in p.name for p in tmp_path.iterdir())
