@@ -175,8 +175,15 @@ class Trainer:
         fake_B2A = m.decA(zB)
         fake_A2A = m.decA(zA)
         fake_B2B = m.decB(zB)
+        # The discriminators judging the fakes (and encoding them for the cycle) are constants here:
+        # the generator step must not move a discriminator's encoder to fool that discriminator.
+        enc_params = list(m.encA.parameters()) + list(m.encB.parameters())
+        for p in enc_params:
+            p.requires_grad_(False)
         gB = m.discriminate("B", fake_A2B)   # D_B judges A->B and its z feeds the cycle
         gA = m.discriminate("A", fake_B2A)
+        for p in enc_params:
+            p.requires_grad_(id(p) in enc_ids)
         fake_A2B2A = m.decA(gB[5])
         fake_B2A2B = m.decB(gA[5])
         g_adv = _adv(gA[:4], 1.0) + _adv(gB[:4], 1.0)
