@@ -436,8 +436,9 @@ def run_one(task: Task, emit: Callable = lambda *a: None) -> CaseResult:
     t0 = time.perf_counter()
     # A stale or half-finished folder of this case must not survive next to the new run.
     if final.exists() or final.is_symlink():
-        stale = staging_root / f"{cid}.stale"
+        stale = staging_root / ".stale" / cid  # ids never start with '.': no clash with a staging folder
         _rmtree(stale)
+        stale.parent.mkdir(parents=True, exist_ok=True)
         os.replace(final, stale)
         _rmtree(stale)
     work = staging / "out"
