@@ -185,8 +185,11 @@ def run_cli(args) -> int:
     csv_path = out / "results.csv"
     rows = _read_rows(csv_path) if (args.resume or args.summarise_only) else []
     if args.summarise_only:
-        for extra in args.include:
-            rows += _read_rows(Path(extra))
+        rows = [r for r in rows if r["method"] in methods]
+        for extra in args.include:                       # "path/results.csv" or "path/results.csv:m1,m2"
+            path, _, only = str(extra).partition(":")
+            keep = set(only.split(",")) if only else set(ALL_METHODS)
+            rows += [r for r in _read_rows(Path(path)) if r["method"] in keep]
         present = [m for m in ALL_METHODS if any(r["method"] == m for r in rows)]
         return _write_summary(out, rows, present, args, overrides)
     done = {(int(r["case"]), r["method"]) for r in rows}

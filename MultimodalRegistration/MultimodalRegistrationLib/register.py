@@ -48,10 +48,10 @@ OURS_DEFAULTS = {
     "search_rot_step_deg": 7.5,
     "search_shift_mm": 50.0,     # translation range of the FFT search around the start
     "search_grid_mm": 6.0,
-    "top_k": 3,                  # search candidates refined at the coarsest level
-    "levels_mm": (4.0, 2.0, 1.0),
-    "iterations": (25, 15, 10),
-    "max_points": (20000, 30000, 40000),
+    "top_k": 2,                  # search candidates refined at the coarsest level
+    "levels_mm": (4.0, 2.0),     # axial in-plane resolution of the refinement levels
+    "iterations": (20, 15),
+    "max_points": (15000, 30000),
     "profile_samples": 3,
     "success_ncc": OURS_SUCCESS_NCC,
 }
