@@ -183,7 +183,7 @@ def accuracy(inputs: Path, out: Path, rows: list[dict]) -> dict:
     import nibabel as nib
     import numpy as np
 
-    errs = []
+    errs, ident, flagged = [], [], []
     for r in rows:
         gt = inputs / r["case_id"] / "ground_truth.json"
         tj = out / r["case_id"] / "transform.json"
@@ -197,11 +197,17 @@ def accuracy(inputs: Path, out: Path, rows: list[dict]) -> dict:
                             for k in (0, sh[2] / 2, sh[2])])
         pts = corners @ img.affine.T
         errs.append(float(np.mean(np.linalg.norm((pts @ M.T - pts @ G.T)[:, :3], axis=1))))
+        ident.append(float(np.mean(np.linalg.norm((pts - pts @ G.T)[:, :3], axis=1))))
+        flagged.append(r["success"] == "false")
     if not errs:
         return {}
-    e = np.asarray(errs)
-    return {"n": len(e), "median_mm": float(np.median(e)), "p90_mm": float(np.percentile(e, 90)),
-            "max_mm": float(e.max()), "under_2mm": int((e < 2).sum())}
+    e, i0, fl = np.asarray(errs), np.asarray(ident), np.asarray(flagged)
+    return {"n": len(e), "median_mm": round(float(np.median(e)), 2), "p90_mm": round(float(np.percentile(e, 90)), 2),
+            "max_mm": round(float(e.max()), 2), "under_2mm": int((e < 2).sum()),
+            "header_identity_median_mm": round(float(np.median(i0)), 2),
+            "worse_than_identity": int((e > i0).sum()),
+            "success_flag_but_over_5mm": int(((e > 5) & ~fl).sum()),
+            "metric": "mean displacement (mm) over the 27 corner/edge/centre points of the coronal grid"}
 
 
 def main(argv=None) -> int:
@@ -216,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="cheap registration settings (machinery check only)")
     ap.add_argument("--fresh", action="store_true", help="delete WORK/out first")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="only recompute the accuracy of an existing WORK/out (no simulation, no batch)")
     a = ap.parse_args(argv)
 
     work = Path(a.work)
@@ -224,6 +232,10 @@ def main(argv=None) -> int:
     if a.fresh and out.exists():
         import shutil
         shutil.rmtree(out)
+    if a.accuracy_only:
+        rows = list(csv.DictReader(open(out / "summary.csv", newline="")))
+        print(json.dumps(accuracy(inputs, out, rows), indent=2))
+        return 0
     print(f"simulating {a.cases} cases (preset {a.preset}) into {inputs}", file=sys.stderr)
     sim_s = make_cases(inputs, a.cases, a.preset, a.jobs)
     bad = make_bad_cases(inputs, a.bad) if a.bad else []
