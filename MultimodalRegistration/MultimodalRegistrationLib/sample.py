@@ -2,8 +2,8 @@
 
 The sample case is made from the ICBM 2009a MNI152 template that ships inside nilearn's wheel
 (BSD-3 with the McGill notice; see README credits), never from the research-use patient data:
-ceT1 = the template T1 with an enhancing lesion; T2 rendered from the grey/white-matter maps
-(T2 brightness CSF > lesion > GM > WM); labels 1 = lesion, 2 = ventricles. The thick-slice stacks
+ceT1 and T2 are rendered from the template's grey/white-matter maps with the spin-echo equation
+(see :func:`mni_source`); labels 1 = an enhancing lesion, 2 = ventricles. The thick-slice stacks
 are made with :mod:`simulate` and a known header offset (``sample_ground_truth.json``).
 Regenerate with ``python -m MultimodalRegistrationLib.sample --make``.
 """
@@ -40,10 +40,19 @@ def sample_paths(folder: Path | None = None) -> dict[str, Path]:
 
 
 def mni_source() -> simulate.SourceCase:
-    """ceT1/T2/labels rendered from nilearn's MNI152 2009a template (shippable)."""
+    """ceT1/T2/labels rendered from nilearn's MNI152 2009a template (shippable).
+
+    Tissue fractions (GM, WM from the template's maps, CSF as the rest of the intracranial cavity)
+    are rendered with the same spin-echo equation and literature T1/T2/PD values as the GAN's
+    synthetic training pairs (:mod:`synth`), at mid-range sequence parameters: ceT1 TR 550 ms /
+    TE 14 ms with gadolinium in the lesion, T2 TR 4000 ms / TE 100 ms. Labels: 1 = an enhancing
+    sellar/suprasellar lesion (a pituitary adenoma stand-in), 2 = the lateral ventricles.
+    """
     from scipy import ndimage
     import nibabel as nib
     import nilearn
+
+    from .synth import R1_GD, TISSUES
 
     d = Path(nilearn.__file__).parent / "datasets" / "data"
     img = nib.load(str(d / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
@@ -51,24 +60,32 @@ def mni_source() -> simulate.SourceCase:
     gm = np.asarray(nib.load(str(d / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")).dataobj, np.float32) / 255
     wm = np.asarray(nib.load(str(d / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")).dataobj, np.float32) / 255
     aff = img.affine
-    mask = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.05, iterations=3))
-    csf = np.clip(mask.astype(np.float32) - gm - wm, 0, 1)
+    icv = ndimage.binary_fill_holes(ndimage.binary_closing((gm + wm) > 0.3, iterations=3))
+    icv = ndimage.binary_dilation(icv, iterations=1) & (t1 > 0.02)
+    csf = np.clip(1.0 - gm - wm, 0, 1) * icv
     ijk = np.indices(t1.shape, dtype=np.float32)
     xyz = np.einsum("ij,jklm->iklm", aff[:3, :3].astype(np.float32), ijk) + aff[:3, 3, None, None, None].astype(np.float32)
-    # Lesion: an ellipsoid near the midline above the sella (MNI ~ (4, 2, -14)).
-    r = ((xyz[0] - 4) / 8.0) ** 2 + ((xyz[1] - 2) / 7.0) ** 2 + ((xyz[2] + 14) / 6.0) ** 2
-    lesion = r < 1.0
+    r = ((xyz[0] - 2) / 9.0) ** 2 + ((xyz[1] - 2) / 8.0) ** 2 + ((xyz[2] + 18) / 8.0) ** 2
+    lesion = (r < 1.0).astype(np.float32)
     ventricles = (csf > 0.5) & (np.abs(xyz[0]) < 25) & (xyz[1] > -45) & (xyz[1] < 30) & (xyz[2] > -5) & (xyz[2] < 35)
     labels = np.zeros(t1.shape, np.int32)
     labels[ventricles] = 2
-    labels[lesion] = 1
-    cet1 = t1 * 1000.0
-    cet1[lesion] = 1500.0 * (0.9 + 0.1 * np.cos(r[lesion] * 3))
-    t2 = 1000.0 * (0.30 * wm + 0.50 * gm + 1.0 * csf)
-    t2[lesion] = 720.0
-    t2 = ndimage.gaussian_filter(t2, 0.5)
-    return simulate.SourceCase("MNI152-2009a", Volume(cet1.astype(np.float32), aff), Volume(t2.astype(np.float32), aff),
-                               Volume(labels, aff))
+    labels[lesion > 0] = 1
+    frac = {"wm": wm * (1 - lesion), "gm": gm * (1 - lesion), "csf": csf * (1 - lesion), "enhancing": lesion}
+
+    def render(tr, te, gd: bool):
+        s = np.zeros(t1.shape, np.float32)
+        for name, f in frac.items():
+            T1, T2, PD, gd_range = TISSUES[name]
+            if gd:
+                T1 = 1.0 / (1.0 / T1 + R1_GD * float(np.mean(gd_range)) / 1000.0)
+            s += f * PD * (1 - np.exp(-tr / T1)) * np.exp(-te / T2)
+        s = ndimage.gaussian_filter(s, 0.5)
+        return (1000.0 * s / np.percentile(s[icv], 99)).astype(np.float32)
+
+    cet1 = render(550.0, 14.0, gd=True)
+    t2 = render(4000.0, 100.0, gd=False)
+    return simulate.SourceCase("MNI152-2009a", Volume(cet1, aff), Volume(t2, aff), Volume(labels, aff))
 
 
 def make_sample_case(folder: Path | None = None) -> dict[str, Path]:
