@@ -208,6 +208,20 @@ def _torch():
     return torch
 
 
+def resolve_device(device) -> "object":
+    """torch.device for ``device`` ("cpu", "cuda", "cuda:1", "auto"/None); CUDA falls back to CPU when absent."""
+    torch = _torch()
+    d = str(device or "auto").lower()
+    if d == "auto":
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        d = "cpu"
+    try:
+        return torch.device(d)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or auto") from None
+
+
 def _rotation_lattice(radius_deg: float, step_deg: float) -> list[np.ndarray]:
     if radius_deg <= 0 or step_deg <= 0:
         return [np.zeros(3)]
@@ -277,7 +291,9 @@ def _fft_ncc_search(mov_s: np.ndarray, moving: Volume, fix_s: np.ndarray, fixed:
         num = S12 - S1 * S2 / Ns
         den = (S11 - S1 * S1 / Ns) * (S22 - S2 * S2 / Ns)
         ncc = num / np.sqrt(np.maximum(den, 1e-12))
-        min_n = 0.3 * min(nF, mMf.sum())
+        # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
+        # slab may overlap only a small part of the head; tiny overlaps give meaningless NCC)
+        min_n = max(0.5 * float(N[in_range].max()), 50.0)
         ncc[(N < min_n) | ~in_range] = -np.inf
         idx = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
         t = np.array([sx[idx], sy[idx], sz[idx]]) * g
@@ -360,28 +376,34 @@ def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
 
 
 def _refine(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch, dev) -> tuple[np.ndarray, float, float]:
+    """L-BFGS (scipy's L-BFGS-B; torch autograd for the gradient) on the 6 rigid parameters."""
     import torch.nn.functional as F
+    from scipy.optimize import minimize
 
     M0inv_t = torch.from_numpy(np.linalg.inv(M0)).to(dev)
     c_t = torch.from_numpy(np.asarray(c_world, dtype=np.float64)).to(dev)
-    x = torch.zeros(6, dtype=torch.float64, device=dev, requires_grad=True)
-    x.data[:3] = 1e-4
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=int(iters), history_size=10,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-9)
+    cache = {}
 
-    def closure():
-        opt.zero_grad()
-        loss, _ = _ours_loss(x, lvl, M0inv_t, c_t, torch, F)
-        loss.backward()
-        return loss
-
-    try:
-        opt.step(closure)
-    except RuntimeError:
-        pass
-    with torch.no_grad():
+    def fun(xn):
+        x = torch.tensor(xn, dtype=torch.float64, device=dev, requires_grad=True)
         loss, frac = _ours_loss(x, lvl, M0inv_t, c_t, torch, F)
-    xv = x.detach().cpu().numpy()
+        loss.backward()
+        g = x.grad.detach().cpu().numpy().astype(np.float64)
+        cache["frac"] = frac
+        if not np.all(np.isfinite(g)):
+            g = np.zeros(6)
+        return float(loss.detach()), g
+
+    x0 = np.zeros(6)
+    x0[:3] = 1e-4
+    try:
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": int(iters), "maxfun": int(iters) * 2, "ftol": 1e-7, "gtol": 1e-6})
+        xv = res.x
+    except (RuntimeError, ValueError):
+        xv = x0
+    with torch.no_grad():
+        loss, frac = _ours_loss(torch.from_numpy(xv).to(dev), lvl, M0inv_t, c_t, torch, F)
     if not np.all(np.isfinite(xv)):
         return M0, -float(loss), frac
     M = about(rotvec_matrix(np.radians(xv[:3])), c_world, xv[3:]) @ M0
@@ -406,13 +428,16 @@ def register_ours(moving: Volume, fixed: Volume, *, params: dict | None = None, 
     unknown = set(p) - set(OURS_DEFAULTS) - {"initial_transform"}
     if unknown:
         raise InputError(f"unknown parameter(s) for method 'ours': {', '.join(sorted(unknown))}")
-    dev = torch.device(device if (device != "cuda" or torch.cuda.is_available()) else "cpu")
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     mov = np.asarray(moving.array, dtype=np.float32)
-    fix = np.asarray(fixed.array, dtype=np.float32)
     mov = mov / robust_scale(mov)
+    # everything on the fixed side works from the axial stack block-averaged in-plane to the finest
+    # level (e.g. 0.5 mm -> 2 mm): 16x fewer voxels for masks, smoothing and the search
+    fixed = block_mean(fixed, level_factors(fixed, min(float(v) for v in p["levels_mm"])))
+    fix = np.asarray(fixed.array, dtype=np.float32)
     fix = fix / robust_scale(fix)
-    fix_mask = signal_mask(fix, 0.08, dilate=3)
+    fix_mask = signal_mask(fix, 0.08, dilate=1)
     M0 = np.asarray(p.get("initial_transform") if p.get("initial_transform") is not None else np.eye(4), dtype=np.float64)
     init = p["init"]
     if init not in ("search", "header", "center"):
@@ -497,7 +522,7 @@ def register_paper(moving: Volume, fixed: Volume, *, params: dict | None = None,
         raise InputError("normalisation must be 'simple' or 'histogram'")
     if p["rotations"] not in ("inplane", "all"):
         raise InputError("rotations must be 'inplane' or 'all'")
-    dev = torch.device(device if (device != "cuda" or torch.cuda.is_available()) else "cpu")
+    dev = resolve_device(device)
 
     # --- 3.5.1: interpolate the converted coronal stack along its slice axis to the axial spacing
     kf = slice_axis(fixed)
