@@ -186,7 +186,9 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         "seconds": float(seconds),
         "success": bool(result.success),
         "translator": translator.name,
-        "subset_metrics": None if result.subset_metrics is None else [float(x) for x in result.subset_metrics],
+        # Subsets pruned or not evaluated carry None (JSON null).
+        "subset_metrics": None if result.subset_metrics is None else
+        [None if x is None or not np.isfinite(x) else float(x) for x in result.subset_metrics],
     }
     if translator_note:
         transform["translator_note"] = translator_note

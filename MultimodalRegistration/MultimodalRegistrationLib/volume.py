@@ -21,8 +21,17 @@ from .errors import InputError
 #: Voxel spacings outside this range (mm) are refused as absurd.
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
-#: Volumes whose float32 copy would exceed this many bytes are refused before loading.
-DEFAULT_MAX_BYTES = int(os.environ.get("MMREG_MAX_VOLUME_BYTES", 2 * 1024**3))
+#: Volumes whose float32 copy would exceed this many bytes are refused before loading
+#: (override with the environment variable MMREG_MAX_VOLUME_BYTES, read at each load).
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def max_volume_bytes() -> int:
+    env = os.environ.get("MMREG_MAX_VOLUME_BYTES")
+    try:
+        return int(env) if env else DEFAULT_MAX_BYTES
+    except ValueError:
+        raise InputError(f"MMREG_MAX_VOLUME_BYTES must be an integer number of bytes, got {env!r}") from None
 
 PLANES = ("sagittal", "coronal", "axial")  # plane whose normal is R, A, S
 
@@ -205,7 +214,7 @@ def validate_labels(array: np.ndarray, affine: np.ndarray, name: str = "label ma
 
 
 def load_volume(path: str | os.PathLike, *, labels: bool = False, name: str | None = None,
-                max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
+                max_bytes: int | None = None) -> Volume:
     """Reads a 3D NIfTI file (``.nii`` or ``.nii.gz``) with its geometry, validating it.
 
     ``labels=True`` reads an integer label map; otherwise an intensity image as float32.
@@ -213,7 +222,7 @@ def load_volume(path: str | os.PathLike, *, labels: bool = False, name: str | No
     """
     path = Path(path)
     name = name or f"{_describe(path)}"
-    data, affine = _read_nifti(path, max_bytes)
+    data, affine = _read_nifti(path, max_volume_bytes() if max_bytes is None else max_bytes)
     arr = validate_labels(data, affine, name) if labels else validate_image(data, affine, name)
     return Volume(arr, affine)
 
