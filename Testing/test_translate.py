@@ -181,3 +181,18 @@ def test_bundled_gan_beats_unconverted_on_rendered_pair():
     mse_conv = float(np.mean((fake - B) ** 2))
     mse_raw = float(np.mean((A - B) ** 2))
     assert mse_conv < 0.7 * mse_raw, (mse_conv, mse_raw)
+
+
+def test_head_mask_keeps_dark_interior_and_zeroes_air(tiny_ckpt):
+    s = np.zeros((1, 40, 40), np.float32)
+    yy, xx = np.mgrid[:40, :40]
+    ring = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15 ** 2)
+    s[0][ring] = 0.6
+    s[0][((yy - 20) ** 2 + (xx - 20) ** 2 < 5 ** 2)] = 0.0   # dark "ventricle" inside the head
+    m = translate.head_masks(s)[0]
+    assert m[20, 20] and m[20, 8] and not m[0, 0] and not m[20, 39]
+    tr = translate.load_translator(str(tiny_ckpt), "cpu")
+    out = tr.translate_slices(s, "ceT1-to-T2")
+    assert np.all(out[0][~m] == 0.0)
+    tr.zero_background = False
+    assert np.any(tr.translate_slices(s, "ceT1-to-T2")[0][~m] != 0.0)

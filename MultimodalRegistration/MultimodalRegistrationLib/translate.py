@@ -144,11 +144,33 @@ def from_square(t, geom) -> np.ndarray:
     return t[:, 0, ph:ph + h, pw:pw + w].detach().cpu().numpy().astype(np.float32)
 
 
+BACKGROUND_LEVEL = 0.02  # normalised intensity below which a voxel can be background
+
+
+def head_masks(slices01: np.ndarray, level: float = BACKGROUND_LEVEL) -> np.ndarray:
+    """Per slice: the object (head or brain) = pixels above ``level`` with holes filled.
+
+    Dark structures inside the head (CSF on T1, bone, flow voids) stay inside the mask because
+    the holes are filled; only the air around the object (connected to the slice border) is outside.
+    On a noisy background above ``level`` the mask covers everything (no effect).
+    """
+    from scipy import ndimage as ndi
+
+    masks = np.empty(slices01.shape, dtype=bool)
+    st = np.ones((3, 3), bool)
+    for i, s in enumerate(slices01):
+        m = ndi.binary_closing(s > level, structure=st, iterations=2)
+        masks[i] = ndi.binary_dilation(ndi.binary_fill_holes(m), structure=st, iterations=1)
+    return masks
+
+
 class GanTranslator(Translator):
     """NICE-GAN conversion, slice by slice along the stack's slice axis; same grid as the input."""
 
-    def __init__(self, model, meta: dict, weights_path: pathlib.Path, device: str = "cpu"):
+    def __init__(self, model, meta: dict, weights_path: pathlib.Path, device: str = "cpu",
+                 zero_background: bool = True):
         self.model = model
+        self.zero_background = zero_background
         self.meta = meta
         self.device = device
         self.size = int(meta["config"]["img_size"])
@@ -162,6 +184,7 @@ class GanTranslator(Translator):
             "config": meta.get("config"),
             "normalisation": meta.get("normalisation"),
             "device": device,
+            "background": "zeroed outside each input slice's head mask" if zero_background else "as generated",
         }
 
     def translate_slices(self, slices01: np.ndarray, direction: str, batch_size: int = 8,
@@ -182,7 +205,10 @@ class GanTranslator(Translator):
                 y = self.model.translate(t.to(self.device), src, dst).float()
                 out[s:s + batch_size] = (from_square(y.clamp(-1, 1), geom) + 1.0) / 2.0
                 report(progress, "translate", min(s + batch_size, n), n)
-        return np.clip(out, 0.0, 1.0)
+        out = np.clip(out, 0.0, 1.0)
+        if self.zero_background:
+            out *= head_masks(slices01)
+        return out
 
     def convert(self, vol: Volume, direction: str, progress: Optional[ProgressFn] = None,
                 batch_size: int = 8) -> Volume:
