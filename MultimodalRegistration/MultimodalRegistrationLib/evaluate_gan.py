@@ -175,11 +175,19 @@ def evaluate(translator: Translator, cases=("TCGA-DU-7294",), out_dir: os.PathLi
     root = Path(data_root) if data_root else default_root()
     t0 = time.time()
     As, Bs, fAs, fBs, per_all = [], [], [], [], {}
+    base = None
     for case in cases:
-        try:
-            a, b, aff = load_brats_pair(case, root)
-        except FileNotFoundError as exc:
-            raise InputError(f"held-out case {case} not found under {root} ({exc.filename})") from None
+        if case.startswith("render:"):
+            # a fresh MNI152 render (synth recipe) from its own seed: never in the training set
+            from .synth import mni_tissues, render_mni_pair
+
+            base = base or mni_tissues()
+            a, b, aff, _ = render_mni_pair(np.random.default_rng([int(case.split(":", 1)[1]), 7919]), base)
+        else:
+            try:
+                a, b, aff = load_brats_pair(case, root)
+            except FileNotFoundError as exc:
+                raise InputError(f"held-out case {case} not found under {root} ({exc.filename})") from None
         A, B, _, _ = plane_slices(a, b, aff, plane)
         res = evaluate_slices(translator, A, B, batch_size, progress)
         for k, v in res["per_slice"].items():
@@ -205,7 +213,8 @@ def evaluate(translator: Translator, cases=("TCGA-DU-7294",), out_dir: os.PathLi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="default", help="'default' (bundled) or a .safetensors path")
     parser.add_argument("--cases", nargs="+", default=["TCGA-DU-7294"],
-                        help="held-out BraTS cases under <data-root>/brats (never used in training)")
+                        help="held-out BraTS cases under <data-root>/brats (never used in training), or "
+                             "'render:SEED' for a fresh MNI152 render (synth recipe) with its own seed")
     parser.add_argument("--data-root", default=None, help="folder with brats/ (default ../shared/data)")
     parser.add_argument("--plane", default="coronal", choices=tuple(_PLANE_WORLD_AXIS))
     parser.add_argument("--out", required=True, help="report folder")
