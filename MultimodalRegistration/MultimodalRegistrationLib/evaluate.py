@@ -190,6 +190,13 @@ def run_cli(args) -> int:
             path, _, only = str(extra).partition(":")
             keep = set(only.split(",")) if only else set(ALL_METHODS)
             rows += [r for r in _read_rows(Path(path)) if r["method"] in keep]
+        seen, uniq = set(), []
+        for r in rows:                                   # one row per (case, method): the first wins
+            key = (int(r["case"]), r["method"])
+            if key not in seen:
+                seen.add(key)
+                uniq.append(r)
+        rows = uniq
         present = [m for m in ALL_METHODS if any(r["method"] == m for r in rows)]
         return _write_summary(out, rows, present, args, overrides)
     done = {(int(r["case"]), r["method"]) for r in rows}

@@ -38,7 +38,7 @@ METHODS = ("ours", "paper", "mi")
 #: ours: final NCC over the overlap at the finest level; paper: mean MSE of the best subset after
 #: the fixed image is scaled so that its 99th percentile is 1000 (the paper's 6e5 was on raw scanner
 #: intensities and does not transfer); mi: final Mattes MI (negative, lower is better).
-OURS_SUCCESS_NCC = 0.60
+OURS_SUCCESS_NCC = 0.80
 PAPER_SUCCESS_MSE = 2.0e4
 MI_SUCCESS_METRIC = -0.25
 
