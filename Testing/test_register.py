@@ -76,10 +76,13 @@ def test_ours_trusting_headers_refines_small_offsets(fast_case):
     assert _tre(fast_case, r.moving_to_fixed)["median"] < 0.8
 
 
-def test_paper_recovers_known_offset(brats_source):
-    # the paper's search moves in-plane and through subsets only: give it in-plane offsets to find
+@pytest.mark.parametrize("seed", [7])
+def test_paper_recovers_known_offset(brats_source, seed):
+    # the paper's search moves in-plane and through subsets only: give it in-plane offsets to find.
+    # It does not succeed on every case (seeds 9 and 13 end 3 mm off; benchmark: about half of the
+    # bench cases): this pins one case it does solve, with the geometry checked against the truth.
     p = replace(simulate.PRESETS["fast"], header_rot_deg=1.0, max_tilt_deg=1.0, header_shift_mm=10.0)
-    case = simulate.simulate_case(brats_source, seed=7, params=p)
+    case = simulate.simulate_case(brats_source, seed=seed, params=p)
     r = register(case.coronal_t2, case.axial_t2, "paper", params=FAST_PAPER)
     t = _tre(case, r.moving_to_fixed)
     assert t["median"] < 2.0, t
@@ -89,13 +92,14 @@ def test_paper_recovers_known_offset(brats_source):
     assert r.details["n_subsets_kept"] < r.details["n_subsets_enumerated"]
 
 
-def test_mi_baseline_runs_and_recovers_small_offset_from_headers(fast_case):
+def test_mi_baseline_runs_and_recovers_small_offset_from_headers(fast_case, cases):
     # the notebook's shrink factors (4, 2, 1) also shrink the thick axis; full resolution recovers the offset
-    r = register(fast_case.coronal_cet1, fast_case.axial_t2, "mi",
-                 params={"init": "header", "interpolation": "linear", "shrink": (1, 1, 1)})
-    assert r.method == "mi" and np.isfinite(r.metric)
-    t = _tre(fast_case, r.moving_to_fixed, fast_case.coronal_cet1)
-    assert t["median"] < 2.0, t
+    for case in (fast_case, cases[1]):
+        r = register(case.coronal_cet1, case.axial_t2, "mi",
+                     params={"init": "header", "interpolation": "linear", "shrink": (1, 1, 1)})
+        assert r.method == "mi" and np.isfinite(r.metric)
+        t = _tre(case, r.moving_to_fixed, case.coronal_cet1)
+        assert t["median"] < 2.0, t
 
 
 def test_evaluate_benchmark_smoke(tmp_path):
