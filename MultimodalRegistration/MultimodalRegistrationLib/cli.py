@@ -62,6 +62,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    help="accept stacks whose direction cosines do not say coronal/axial")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter (repeatable), e.g. --param lr0=4 --param iterations=30")
+    p.add_argument("--polish", choices=("auto", "always", "never"), default="auto",
+                   help="method ours: refine with mutual information on the original ceT1 when the NCC result "
+                        "on the synthetic T2 is flagged unsuccessful (auto, default), always, or never")
     p.add_argument("--no-figure", action="store_true", help="skip report.png")
     add_progress_argument(p)
 
@@ -84,7 +87,8 @@ def params_from_args(args):
 
     return Params(method=args.method, translator=args.translator, device=args.device, seed=args.seed,
                   label_mode=args.label_mode, force_orientation=args.force_orientation,
-                  method_params=parse_method_params(args.param), report_png=not args.no_figure)
+                  method_params=parse_method_params(args.param), polish=args.polish,
+                  report_png=not args.no_figure)
 
 
 def cmd_register(args) -> int:

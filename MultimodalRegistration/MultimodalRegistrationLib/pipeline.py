@@ -48,6 +48,8 @@ class Params:
     label_mode: str = "linear"           # linear (per-label linear + argmax) | nearest
     force_orientation: bool = False      # accept stacks whose direction cosines are not coronal/axial
     method_params: dict = field(default_factory=dict)
+    polish: str = "auto"                 # ours only: MI refinement on the original ceT1: auto (when the
+                                         # NCC result is flagged unsuccessful) | always | never
     report_png: bool = True
 
     def to_dict(self) -> dict:
@@ -106,6 +108,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
 
     if params.method not in METHODS:
         raise InputError(f"unknown method {params.method!r}; choose from {', '.join(METHODS)}")
+    if params.polish not in ("auto", "always", "never"):
+        raise InputError(f"unknown polish mode {params.polish!r}; choose auto, always or never")
     if params.label_mode not in labels_mod.MODES:
         raise InputError(f"unknown label mode {params.label_mode!r}; choose from {labels_mod.MODES}")
     out_dir = Path(out_dir)
@@ -126,8 +130,12 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     moving = cor if params.method == "mi" else synth
     result = register(moving, ax, params.method, params=dict(params.method_params), progress=progress,
                       device=_torch_device(params.device), seed=params.seed)
-    M = np.asarray(result.moving_to_fixed, dtype=np.float64)
     timings["register"] = time.perf_counter() - t
+    if params.method == "ours" and (params.polish == "always" or (params.polish == "auto" and not result.success)):
+        t = time.perf_counter()
+        result = _polish(result, cor, ax, params.seed, progress)
+        timings["polish"] = time.perf_counter() - t
+    M = np.asarray(result.moving_to_fixed, dtype=np.float64)
 
     t = time.perf_counter()
     report(progress, "resample", 0, 2)
@@ -219,6 +227,27 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     # transform.json last: its presence means every other output is complete.
     _write_text(out_dir / OUTPUT_FILES["transform_json"], json.dumps(transform, indent=2)); tick()
     return transform
+
+
+def _polish(result, cor: Volume, ax: Volume, seed: int, progress):
+    """MI refinement of the NCC result on the original ceT1 (see polish.py); returns a new result."""
+    from dataclasses import replace
+
+    from .polish import POLISH_SUCCESS_MI, mi_polish
+
+    report(progress, "polish", 0, 1)
+    r = mi_polish(cor, ax, {"ncc": np.asarray(result.moving_to_fixed), "header": np.eye(4)}, seed=seed)
+    report(progress, "polish", 1, 1)
+    details = dict(result.details)
+    details["ncc_result"] = {"metric": float(result.metric), "success": bool(result.success),
+                             "moving_to_fixed_ras": np.asarray(result.moving_to_fixed).tolist()}
+    details["polish"] = {k: v for k, v in r.items() if k != "moving_to_fixed"}
+    details["polish"]["success_threshold_mi"] = POLISH_SUCCESS_MI
+    if r["moving_to_fixed"] is None:
+        return replace(result, details=details)
+    return replace(result, moving_to_fixed=r["moving_to_fixed"], method="ours+mi-polish", metric=float(r["metric"]),
+                   success=bool(r["metric"] <= POLISH_SUCCESS_MI), seconds=result.seconds + r["seconds"],
+                   details=details)
 
 
 def _s(p):

@@ -260,9 +260,10 @@ def parse_progress_line(line: str) -> Optional[ProgressEvent]:
 #: sample case on a CPU, where the subset registration dominates).
 STAGE_WEIGHTS = (
     ("load", 0.05),
-    ("translate", 0.20),
+    ("translate", 0.10),
     ("subsets", 0.05),
-    ("register", 0.55),
+    ("register", 0.40),
+    ("polish", 0.25),
     ("resample", 0.05),
     ("labels", 0.05),
     ("write", 0.05),
@@ -273,6 +274,7 @@ STAGE_TEXT = {
     "translate": "Converting ceT1 slices to synthetic T2",
     "subsets": "Building slice subsets",
     "register": "Registering",
+    "polish": "Refining with mutual information",
     "resample": "Resampling",
     "labels": "Transferring labels",
     "write": "Writing results",
