@@ -37,7 +37,7 @@ MI_DEFAULTS = {
     "iterations": 100,
     "shrink": (4, 2, 1),
     "smoothing_mm": (2.0, 1.0, 0.0),
-    "success_metric": -0.25,
+    "success_metric": -0.67,      # calibrated on the benchmark's calibration sources (docs/REGISTRATION.md)
 }
 
 
