@@ -825,13 +825,22 @@ def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tra
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     pending = list(todo)
+    # A dying worker breaks the whole pool, so every case running at that moment fails with it. Such
+    # cases are retried once, each alone in a one-worker pool: only a case that kills its worker
+    # again is recorded as failed.
+    isolated: list[Task] = []
+    retried: set[str] = set()
     try:
-        while pending:
+        while pending or isolated:
+            if isolated:
+                batch_tasks, n_workers = [isolated.pop(0)], 1
+            else:
+                batch_tasks, n_workers, pending = pending, jobs, []
             broken = []
-            ex = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+            ex = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
                                         initargs=(threads, queue))
             try:
-                futs = {ex.submit(_worker_task, t): t for t in pending}
+                futs = {ex.submit(_worker_task, t): t for t in batch_tasks}
                 for fut in cf.as_completed(futs):
                     t = futs[fut]
                     try:
@@ -854,20 +863,26 @@ def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tra
                 ex.shutdown(wait=True, cancel_futures=True)
                 raise
             ex.shutdown(wait=True)
-            pending = []
+            not_started = []
             for t in broken:
-                # Started (its staging folder exists) -> it was running when the worker died.
-                if (out / STAGING / t.case.case_id).exists():
-                    _rmtree(out / STAGING / t.case.case_id)
-                    record(CaseResult(t.case.case_id, "failed",
-                                      error="the worker process running this case died (out of memory or a crash)"))
+                cid = t.case.case_id
+                # Started (its staging folder exists) -> it was running when a worker died.
+                if (out / STAGING / cid).exists():
+                    _rmtree(out / STAGING / cid)
+                    if cid in retried or n_workers == 1:
+                        record(CaseResult(cid, "failed", error="the worker process running this case died "
+                                                                 "(out of memory or a crash)"))
+                    else:
+                        retried.add(cid)
+                        isolated.append(t)
                 else:
-                    pending.append(t)
-            if broken and len(pending) == len(broken):
+                    not_started.append(t)
+            if broken and len(not_started) == len(broken) == len(batch_tasks):
                 # Nothing had started: the pool itself cannot start; do not loop forever.
-                for t in pending:
+                for t in not_started:
                     record(CaseResult(t.case.case_id, "failed", error="worker processes could not start"))
-                pending = []
+            else:
+                pending.extend(not_started)
     finally:
         stop.set()
         listener.join(timeout=2)
