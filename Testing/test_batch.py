@@ -539,7 +539,7 @@ def test_cli_batch_end_to_end_resume_and_determinism(tmp_path, sim_folder, capsy
     assert code == 1
     for cid in ("case1", "case2"):
         assert rows[cid]["status"] == "done", rows[cid]
-        assert rows[cid]["success"] in ("true", "false") and float(rows[cid]["metric"]) > 0
+        assert rows[cid]["success"] in ("true", "false") and np.isfinite(float(rows[cid]["metric"]))
         for f in ("transform.json", "transform.tfm", "coronal_ceT1_on_axial.nii.gz", "fused.nii.gz",
                   "coronal_labels_on_axial.nii.gz", "axial_labels_on_coronal.nii.gz", "report.json", batch.MARKER):
             assert (out / cid / f).exists(), f
