@@ -52,6 +52,16 @@ class NiceGanConfig:
 
 # ----------------------------------------------------------------------------- normalisation layers
 
+def _mix_instance_layer(x, rho, eps: float):
+    """rho * instance-normalised x + (1 - rho) * layer-normalised x (rho clamped to [0, 1])."""
+    in_mean, in_var = torch.mean(x, dim=[2, 3], keepdim=True), torch.var(x, dim=[2, 3], keepdim=True)
+    out_in = (x - in_mean) / torch.sqrt(in_var + eps)
+    ln_mean, ln_var = torch.mean(x, dim=[1, 2, 3], keepdim=True), torch.var(x, dim=[1, 2, 3], keepdim=True)
+    out_ln = (x - ln_mean) / torch.sqrt(ln_var + eps)
+    rho = rho.clamp(0.0, 1.0)
+    return rho * out_in + (1 - rho) * out_ln
+
+
 class AdaLIN(nn.Module):
     """Adaptive Layer-Instance Normalisation (U-GAT-IT / NICE-GAN)."""
 
@@ -61,12 +71,7 @@ class AdaLIN(nn.Module):
         self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
 
     def forward(self, x, gamma, beta):
-        in_mean, in_var = torch.mean(x, dim=[2, 3], keepdim=True), torch.var(x, dim=[2, 3], keepdim=True)
-        out_in = (x - in_mean) / torch.sqrt(in_var + self.eps)
-        ln_mean, ln_var = torch.mean(x, dim=[1, 2, 3], keepdim=True), torch.var(x, dim=[1, 2, 3], keepdim=True)
-        out_ln = (x - ln_mean) / torch.sqrt(ln_var + self.eps)
-        rho = self.rho.clamp(0.0, 1.0)
-        out = rho * out_in + (1 - rho) * out_ln
+        out = _mix_instance_layer(x, self.rho, self.eps)
         return out * gamma.unsqueeze(2).unsqueeze(3) + beta.unsqueeze(2).unsqueeze(3)
 
 
@@ -81,12 +86,7 @@ class ILN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, num_features, 1, 1))
 
     def forward(self, x):
-        in_mean, in_var = torch.mean(x, dim=[2, 3], keepdim=True), torch.var(x, dim=[2, 3], keepdim=True)
-        out_in = (x - in_mean) / torch.sqrt(in_var + self.eps)
-        ln_mean, ln_var = torch.mean(x, dim=[1, 2, 3], keepdim=True), torch.var(x, dim=[1, 2, 3], keepdim=True)
-        out_ln = (x - ln_mean) / torch.sqrt(ln_var + self.eps)
-        rho = self.rho.clamp(0.0, 1.0)
-        out = rho * out_in + (1 - rho) * out_ln
+        out = _mix_instance_layer(x, self.rho, self.eps)
         return out * self.gamma + self.beta
 
 
