@@ -30,6 +30,17 @@ def rotation_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
     return Rz @ Ry @ Rx
 
 
+def rotvec_matrix(v) -> np.ndarray:
+    """3x3 rotation of angle |v| (radians) about the axis v/|v| (Rodrigues' formula)."""
+    v = np.asarray(v, dtype=np.float64)
+    th = float(np.linalg.norm(v))
+    if th < 1e-12:
+        return np.eye(3)
+    k = v / th
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * K @ K
+
+
 def rigid_matrix(params, center=(0.0, 0.0, 0.0)) -> np.ndarray:
     """4x4 rigid transform from ``(rx, ry, rz, tx, ty, tz)`` (radians, mm) rotating about ``center``.
 

@@ -8,7 +8,6 @@ applies the transform to the original ceT1 and the labels, and writes the output
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 import warnings
@@ -105,6 +104,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     """
     params = params or Params()
     from .register import METHODS, register
+    from .translate import _resolve_device
 
     if params.method not in METHODS:
         raise InputError(f"unknown method {params.method!r}; choose from {', '.join(METHODS)}")
@@ -129,7 +129,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     t = time.perf_counter()
     moving = cor if params.method == "mi" else synth
     result = register(moving, ax, params.method, params=dict(params.method_params), progress=progress,
-                      device=_torch_device(params.device), seed=params.seed)
+                      device=_resolve_device(params.device), seed=params.seed)
     timings["register"] = time.perf_counter() - t
     if params.method == "ours" and (params.polish == "always" or (params.polish == "auto" and not result.success)):
         t = time.perf_counter()
@@ -269,21 +269,6 @@ def _json_default(o):
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text), suffix=Path(path).suffix)
-
-
-def _torch_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    if device == "cpu":
-        return "cpu"
-    try:
-        import torch
-        has_cuda = torch.cuda.is_available()
-    except Exception:
-        has_cuda = False
-    if device == "cuda" and not has_cuda:
-        raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return "cuda" if has_cuda else "cpu"
 
 
 def read_transform(out_dir) -> np.ndarray:

@@ -23,18 +23,10 @@ POLISH_SUCCESS_MI = -0.55
 
 
 def _sitk_image(vol: Volume):
-    import SimpleITK as sitk
+    """The volume scaled by its robust maximum, as a SimpleITK image (LPS geometry)."""
+    from .baselines import _normalised, volume_to_sitk
 
-    arr = np.asarray(vol.array, dtype=np.float32)
-    pos = arr[arr > 0]
-    scale = float(np.percentile(pos, 99)) if pos.size else 1.0
-    img = sitk.GetImageFromArray(np.ascontiguousarray((arr / max(scale, 1e-6)).transpose(2, 1, 0)))
-    A = geometry.RAS_LPS @ vol.affine
-    sp = vol.spacing
-    img.SetSpacing([float(s) for s in sp])
-    img.SetOrigin([float(x) for x in A[:3, 3]])
-    img.SetDirection([float(x) for x in (A[:3, :3] / sp).ravel()])
-    return img
+    return volume_to_sitk(_normalised(vol))
 
 
 def _euler_from_matrix(fixed_to_moving_lps: np.ndarray, center):

@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from . import geometry
-from .errors import InputError, RegistrationError
+from .geometry import rotvec_matrix
+from .errors import InputError
 from .progress import report
 from .subsets import axis_correspondence, interpolate_slice_axis, plan_for
 from .volume import Volume, slice_axis
@@ -173,16 +174,6 @@ def signal_mask(arr: np.ndarray, frac: float = 0.08, dilate: int = 2) -> np.ndar
     return m
 
 
-def rotvec_matrix(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    th = float(np.linalg.norm(v))
-    if th < 1e-12:
-        return np.eye(3)
-    k = v / th
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(th) * K + (1 - math.cos(th)) * K @ K
-
-
 def about(R: np.ndarray, c: np.ndarray, t=(0.0, 0.0, 0.0)) -> np.ndarray:
     """4x4 map p -> R (p - c) + c + t."""
     M = np.eye(4)
@@ -266,7 +257,6 @@ def _fft_ncc_search(mov_s: np.ndarray, moving: Volume, fix_s: np.ndarray, fixed:
     rf = lambda a: sfft.rfftn(a, workers=1)  # noqa: E731
     irf = lambda a: sfft.irfftn(a, s=shape, workers=1)  # noqa: E731
     FA, FF2, FM = rf(F), rf(F * F), rf(mFf)
-    nF = mFf.sum()
     shifts = [np.fft.fftfreq(n, 1.0 / n) for n in shape]   # signed integer shifts per index
     sx, sy, sz = np.meshgrid(*shifts, indexing="ij")
     in_range = (np.abs(sx) * g <= T) & (np.abs(sy) * g <= T) & (np.abs(sz) * g <= T)

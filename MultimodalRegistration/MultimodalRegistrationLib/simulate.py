@@ -92,9 +92,7 @@ class SimCase:
 def _rand_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
-    ang = np.radians(rng.uniform(0, max_deg))
-    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
+    return geometry.rotvec_matrix(axis * np.radians(rng.uniform(0, max_deg)))
 
 
 def _u(rng, rng_pair):
