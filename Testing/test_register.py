@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from MultimodalRegistrationLib import geometry, metrics, simulate
+from MultimodalRegistrationLib import metrics, simulate
 from MultimodalRegistrationLib.errors import InputError
 from MultimodalRegistrationLib.register import METHODS, RegistrationResult, register, rotvec_matrix, about
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import csv
-import gzip
 import json
 import multiprocessing as mp
 import os

@@ -13,7 +13,6 @@ All three toolkits return a fixed->moving point map in LPS; it is converted once
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -21,7 +20,7 @@ import time
 import numpy as np
 
 from . import geometry
-from .errors import InputError, RegistrationError
+from .errors import InputError
 from .progress import report
 from .volume import Volume, slice_axis
 
