@@ -93,10 +93,11 @@ def test_paper_recovers_known_offset(brats_source, seed):
 
 
 def test_mi_baseline_runs_and_recovers_small_offset_from_headers(fast_case, cases):
-    # the notebook's shrink factors (4, 2, 1) also shrink the thick axis; full resolution recovers the offset
+    # the notebook's shrink factors (4, 2, 1) also shrink the thick axis; full resolution recovers the
+    # offset. One ITK thread: the MI result depends on the thread split (seed 11: 1.4-3.4 mm with 2).
     for case in (fast_case, cases[1]):
         r = register(case.coronal_cet1, case.axial_t2, "mi",
-                     params={"init": "header", "interpolation": "linear", "shrink": (1, 1, 1)})
+                     params={"init": "header", "interpolation": "linear", "shrink": (1, 1, 1), "threads": 1})
         assert r.method == "mi" and np.isfinite(r.metric)
         t = _tre(case, r.moving_to_fixed, case.coronal_cet1)
         assert t["median"] < 2.0, t

@@ -37,6 +37,8 @@ MI_DEFAULTS = {
     "shrink": (4, 2, 1),
     "smoothing_mm": (2.0, 1.0, 0.0),
     "success_metric": -0.67,      # calibrated on the benchmark's calibration sources (docs/REGISTRATION.md)
+    "threads": None,              # ITK threads for this registration (None: SimpleITK's global default);
+                                  # the result depends on it: 1 makes it reproducible run to run
 }
 
 
@@ -113,6 +115,8 @@ def register_mi(moving: Volume, fixed: Volume, *, params: dict | None = None, pr
     else:
         raise InputError("init must be 'geometry' or 'header'")
     R = sitk.ImageRegistrationMethod()
+    if p["threads"]:
+        R.SetNumberOfThreads(int(p["threads"]))
     R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(p["bins"]))
     R.SetMetricSamplingStrategy(R.RANDOM)
     R.SetMetricSamplingPercentage(float(p["sampling"]), seed=int(seed) + 1)

@@ -49,10 +49,13 @@ OURS_DEFAULTS = {
     "search_rot_step_deg": 7.5,
     "search_shift_mm": 50.0,     # translation range of the FFT search around the start
     "search_grid_mm": 6.0,
-    "top_k": 2,                  # search candidates refined at the coarsest level
+    "search_coarse_grid_mm": 12.0,  # every rotation is scored on this grid first ...
+    "search_keep": 6,            # ... and this many of the best again on search_grid_mm
+    "top_k": 2,                  # search candidates refined at the coarsest level ...
+    "screen_iterations": 6,      # ... each for this many iterations; the best one finishes the level
     "levels_mm": (4.0, 2.0),     # axial in-plane resolution of the refinement levels
     "iterations": (20, 15),
-    "max_points": (15000, 30000),
+    "max_points": (8000, 16000),
     "profile_samples": 3,
     "success_ncc": OURS_SUCCESS_NCC,
     "torch_threads": 1,          # the problem is small: more intra-op threads only add overhead (and
@@ -230,69 +233,124 @@ def _rotation_lattice(radius_deg: float, step_deg: float) -> list[np.ndarray]:
     return out
 
 
-def _fft_ncc_search(mov_s: np.ndarray, moving: Volume, fix_s: np.ndarray, fixed: Volume, fix_mask_src: np.ndarray,
-                    M0: np.ndarray, p: dict, progress=None) -> list[tuple[float, np.ndarray]]:
-    """Masked NCC (Padfield 2012) over all translations within ``search_shift_mm`` on a coarse isotropic
-    grid aligned with the fixed stack, for each rotation of a lattice around ``M0``. Returns
-    (ncc, moving_to_fixed) candidates, best first."""
-    from scipy import fft as sfft
+class _SearchGrid:
+    """The fixed side of the masked-NCC FFT search (Padfield 2012) on an isotropic grid of ``g`` mm
+    aligned with the fixed stack and padded by the shift range ``T`` (FFT-friendly sizes, float32)."""
 
-    g = float(p["search_grid_mm"])
-    T = float(p["search_shift_mm"])
-    D = fixed.direction
-    corners = np.array([[i, j, k] for i in (0, fixed.shape[0] - 1) for j in (0, fixed.shape[1] - 1)
-                        for k in (0, fixed.shape[2] - 1)], dtype=np.float64)
-    u = fixed.voxel_to_world(corners) @ D                # coordinates along the fixed axes
-    lo = u.min(0) - T - g
-    hi = u.max(0) + T + g
-    shape = tuple(int(np.ceil((h - l) / g)) + 1 for l, h in zip(lo, hi))
-    G = np.eye(4)
-    G[:3, :3] = D * g
-    G[:3, 3] = D @ lo
-    fs = Volume(fix_s, fixed.affine)
-    F = geometry.resample(fs, shape, G, order=1)
-    mF = geometry.resample(Volume(fix_mask_src.astype(np.float32), fixed.affine), shape, G, order=1) > 0.5
-    F = np.where(mF, F, 0).astype(np.float64)
-    mFf = mF.astype(np.float64)
-    rf = lambda a: sfft.rfftn(a, workers=1)  # noqa: E731
-    irf = lambda a: sfft.irfftn(a, s=shape, workers=1)  # noqa: E731
-    FA, FF2, FM = rf(F), rf(F * F), rf(mFf)
-    shifts = [np.fft.fftfreq(n, 1.0 / n) for n in shape]   # signed integer shifts per index
-    sx, sy, sz = np.meshgrid(*shifts, indexing="ij")
-    in_range = (np.abs(sx) * g <= T) & (np.abs(sy) * g <= T) & (np.abs(sz) * g <= T)
-    ms = Volume(mov_s, moving.affine)
-    ones = Volume(np.ones(moving.shape, np.float32), moving.affine)
-    c_mov = geometry.apply(M0, moving.center_world()[None])[0]
-    rots = _rotation_lattice(float(p["search_rot_deg"]), float(p["search_rot_step_deg"]))
-    cands = []
-    for r_i, rv in enumerate(rots):
-        Mc = about(rotvec_matrix(rv), c_mov) @ M0
-        Minv = np.linalg.inv(Mc)
-        Gm = geometry.resample(ms, shape, G, Minv, order=1).astype(np.float64)
-        mM = geometry.resample(ones, shape, G, Minv, order=1) > 0.5
-        Gm = np.where(mM, Gm, 0)
-        mMf = mM.astype(np.float64)
-        GA, GB, GM = np.conj(rf(Gm)), np.conj(rf(Gm * Gm)), np.conj(rf(mMf))
-        N = irf(FM * GM)
-        S1 = irf(FA * GM)
-        S2 = irf(FM * GA)
-        S11 = irf(FF2 * GM)
-        S22 = irf(FM * GB)
-        S12 = irf(FA * GA)
+    def __init__(self, fix_s: np.ndarray, fixed: Volume, fix_mask: np.ndarray, g: float, T: float, torch):
+        from scipy import fft as sfft
+
+        D = fixed.direction
+        corners = np.array([[i, j, k] for i in (0, fixed.shape[0] - 1) for j in (0, fixed.shape[1] - 1)
+                            for k in (0, fixed.shape[2] - 1)], dtype=np.float64)
+        u = fixed.voxel_to_world(corners) @ D                # coordinates along the fixed axes
+        lo = u.min(0) - T - g
+        hi = u.max(0) + T + g
+        self.shape = tuple(int(sfft.next_fast_len(int(np.ceil((h - l) / g)) + 1, real=True)) for l, h in zip(lo, hi))
+        self.g, self.T, self.D = g, T, D
+        G = np.eye(4)
+        G[:3, :3] = D * g
+        G[:3, 3] = D @ lo
+        self.G = G
+        F = geometry.resample(Volume(fix_s, fixed.affine), self.shape, G, order=1)
+        mF = geometry.resample(Volume(fix_mask.astype(np.float32), fixed.affine), self.shape, G, order=1) > 0.5
+        F = np.where(mF, F, 0).astype(np.float32)
+        mFf = mF.astype(np.float32)
+        self.FA, self.FF2, self.FM = self.rf(F), self.rf(F * F), self.rf(mFf)
+        shifts = [np.fft.fftfreq(n, 1.0 / n) for n in self.shape]   # signed integer shifts per index
+        self.sx, self.sy, self.sz = np.meshgrid(*shifts, indexing="ij", sparse=True)
+        self.in_range = (np.abs(self.sx) * g <= T) & (np.abs(self.sy) * g <= T) & (np.abs(self.sz) * g <= T)
+        self.torch = torch
+        self.idx = torch.from_numpy(np.indices(self.shape, dtype=np.float32).reshape(3, -1).T.copy())
+
+    def rf(self, a):
+        from scipy import fft as sfft
+        return sfft.rfftn(a, workers=1)
+
+    def irf(self, a):
+        from scipy import fft as sfft
+        return sfft.irfftn(a, s=self.shape, workers=1)
+
+    def sample_moving(self, mov_t, moving: Volume, Mc: np.ndarray):
+        """The moving volume (torch, (1, 1, I, J, K)) and its inside mask on this grid, through ``Mc``."""
+        import torch.nn.functional as F
+        torch = self.torch
+        A = np.linalg.inv(moving.affine) @ np.linalg.inv(Mc) @ self.G        # grid index -> moving voxel
+        vox = self.idx @ torch.from_numpy(A[:3, :3].T.astype(np.float32)) + torch.from_numpy(A[:3, 3].astype(np.float32))
+        size = torch.tensor(moving.shape, dtype=torch.float32)
+        inside = ((vox >= -0.5) & (vox <= size - 0.5)).all(dim=1)
+        grid = (2.0 * vox / (size - 1.0) - 1.0)[:, [2, 1, 0]].reshape(1, -1, 1, 1, 3)
+        v = F.grid_sample(mov_t, grid, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
+        v = torch.where(inside, v, torch.zeros((), dtype=v.dtype))
+        return v.reshape(self.shape).numpy(), inside.reshape(self.shape).numpy()
+
+    def score(self, mov_t, moving: Volume, Mc: np.ndarray) -> tuple[float, np.ndarray]:
+        """Best masked NCC over all shifts within ``T`` for the rotation ``Mc``: (ncc, moving_to_fixed)."""
+        Gm, mM = self.sample_moving(mov_t, moving, Mc)
+        mMf = mM.astype(np.float32)
+        GA, GB, GM = np.conj(self.rf(Gm)), np.conj(self.rf(Gm * Gm)), np.conj(self.rf(mMf))
+        N = self.irf(self.FM * GM)
+        S1 = self.irf(self.FA * GM)
+        S2 = self.irf(self.FM * GA)
+        S11 = self.irf(self.FF2 * GM)
+        S22 = self.irf(self.FM * GB)
+        S12 = self.irf(self.FA * GA)
         Ns = np.maximum(N, 1.0)
         num = S12 - S1 * S2 / Ns
         den = (S11 - S1 * S1 / Ns) * (S22 - S2 * S2 / Ns)
-        ncc = num / np.sqrt(np.maximum(den, 1e-12))
+        ncc = num / np.sqrt(np.maximum(den, 1e-6))
         # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
         # slab may overlap only a small part of the head; tiny overlaps give meaningless NCC)
-        min_n = max(0.5 * float(N[in_range].max()), 50.0)
-        ncc[(N < min_n) | ~in_range] = -np.inf
+        min_n = max(0.5 * float(N[self.in_range].max()), 50.0 * (6.0 / self.g) ** 3)
+        ncc[(N < min_n) | ~self.in_range] = -np.inf
         idx = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-        t = np.array([sx[idx], sy[idx], sz[idx]]) * g
+        t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.g
         M = np.eye(4)
-        M[:3, 3] = D @ t
-        cands.append((float(ncc[idx]), M @ Mc))
-        report(progress, "register", r_i + 1, len(rots) + 4)
+        M[:3, 3] = self.D @ t
+        return float(ncc[idx]), M @ Mc
+
+
+def _moving_for_search(mov: np.ndarray, moving: Volume, g: float, torch):
+    """The moving stack block-averaged in-plane to about g/3 and smoothed for a g-mm grid (torch)."""
+    mv = block_mean(Volume(mov, moving.affine), level_factors(moving, g / 3.0))
+    arr = smooth_for(mv, g)
+    return torch.from_numpy(np.ascontiguousarray(arr))[None, None], mv
+
+
+def _fft_ncc_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, fix_mask: np.ndarray,
+                    M0: np.ndarray, p: dict, torch, progress=None) -> list[tuple[float, np.ndarray]]:
+    """Global search around ``M0``: masked NCC over every translation within ``search_shift_mm`` (FFT)
+    for each rotation of a lattice. Coarse to fine: every rotation is scored on a
+    ``search_coarse_grid_mm`` grid, the ``search_keep`` best again on the ``search_grid_mm`` grid.
+    Returns (ncc, moving_to_fixed) candidates, best first."""
+    g = float(p["search_grid_mm"])
+    gc = float(p.get("search_coarse_grid_mm") or g)
+    keep = int(p.get("search_keep") or 0)
+    T = float(p["search_shift_mm"])
+    c_mov = geometry.apply(M0, moving.center_world()[None])[0]
+    rots = _rotation_lattice(float(p["search_rot_deg"]), float(p["search_rot_step_deg"]))
+    starts = [about(rotvec_matrix(rv), c_mov) @ M0 for rv in rots]
+    two_stage = gc > g and 0 < keep < len(starts)
+    n_report = len(starts) + (keep if two_stage else 0)
+
+    def run_stage(grid_mm: float, Ms: list, done: int):
+        fs = smooth_for(Volume(fix, fixed.affine), grid_mm)
+        sg = _SearchGrid(fs, fixed, fix_mask, grid_mm, T, torch)
+        mov_t, mv = _moving_for_search(mov, moving, grid_mm, torch)
+        out = []
+        for i, Mc in enumerate(Ms):
+            ncc, M = sg.score(mov_t, mv, Mc)
+            out.append((ncc, M, Mc))
+            report(progress, "register", done + i + 1, n_report + 4)
+        return out
+
+    if two_stage:
+        coarse = run_stage(gc, starts, 0)
+        coarse.sort(key=lambda c: -c[0])
+        fine = run_stage(g, [c[2] for c in coarse[:keep]], len(starts))
+        cands = [(s, M) for s, M, _ in fine]
+    else:
+        cands = [(s, M) for s, M, _ in run_stage(g, starts, 0)]
     cands.sort(key=lambda c: -c[0])
     return cands
 
@@ -319,14 +377,51 @@ class _Level:
         nrm = fixed.direction[:, kf]
         offs = np.linspace(-thick / 2, thick / 2, profile + 2)[1:-1] if profile > 1 else np.zeros(1)
         pts = world[:, None, :] + offs[None, :, None] * nrm[None, None, :]
-        mv = Volume(mov_arr, moving.affine)
-        self.mov = torch.from_numpy(np.ascontiguousarray(smooth_for(mv, level_mm)))[None, None].to(dev)
-        self.inv_aff = torch.from_numpy(np.linalg.inv(moving.affine)).to(dev)
-        self.shape = torch.tensor(moving.shape, dtype=torch.float32, device=dev)
+        # the moving stack, block-averaged in-plane to about a third of the level's spacing, smoothed;
+        # value + spatial gradient (voxel units) as 4 channels: one forward grid_sample gives both the
+        # samples and their derivatives (see _sample_with_grad)
+        mv = block_mean(Volume(mov_arr, moving.affine), level_factors(moving, level_mm / 3.0))
+        sm = smooth_for(mv, level_mm)
+        vg = np.stack([sm] + [np.gradient(sm, axis=a).astype(np.float32) for a in range(3)])
+        self.mov = torch.from_numpy(np.ascontiguousarray(vg))[None].to(dev)
+        self.inv_aff = torch.from_numpy(np.linalg.inv(mv.affine)).to(dev)
+        self.shape = torch.tensor(mv.shape, dtype=torch.float32, device=dev)
         self.origin = torch.from_numpy(world.mean(0)).to(dev)       # points are stored relative to it (float32)
         self.pts = torch.from_numpy((pts - world.mean(0)).astype(np.float32)).to(dev)   # (P, S, 3)
         self.vals = torch.from_numpy(vals.astype(np.float32)).to(dev)
         self.n = len(vals)
+
+
+_SAMPLER = None
+
+
+def _sample_with_grad(torch):
+    """autograd Function: trilinear samples of channel 0 of a (1, 4, I, J, K) volume at voxel positions
+    (P, S, 3); the gradient with respect to the positions comes from channels 1-3 (the volume's
+    precomputed spatial gradient, sampled in the same forward pass) instead of grid_sample's slow
+    backward, and is smooth across voxel boundaries."""
+    global _SAMPLER
+    if _SAMPLER is not None:
+        return _SAMPLER
+    import torch.nn.functional as F
+
+    class SampleWithGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, vox, vol4, size):
+            norm = 2.0 * vox / (size - 1.0) - 1.0
+            grid = norm[..., [2, 1, 0]][None, :, :, None, :]    # (1, P, S, 1, 3), grid_sample's x = last axis
+            out = F.grid_sample(vol4, grid, mode="bilinear", padding_mode="border", align_corners=True)
+            out = out[0, :, :, :, 0]                              # (4, P, S)
+            ctx.save_for_backward(out[1:])
+            return out[0]
+
+        @staticmethod
+        def backward(ctx, g):
+            (grad,) = ctx.saved_tensors
+            return (g[..., None] * grad.permute(1, 2, 0)), None, None
+
+    _SAMPLER = SampleWithGrad
+    return _SAMPLER
 
 
 def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
@@ -346,13 +441,13 @@ def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
     off = L @ (lvl.origin - c_t - x[3:]) + A[:3, :3] @ c_t + A[:3, 3]
     vox = lvl.pts @ L.T.float() + off.float()                    # (P, S, 3) moving voxel indices
     size = lvl.shape
-    norm = 2.0 * vox / (size - 1.0) - 1.0
-    grid = norm[..., [2, 1, 0]][None, :, :, None, :]   # (1, P, S, 1, 3)
-    v = F.grid_sample(lvl.mov, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    v = v.reshape(norm.shape[0], norm.shape[1])
-    inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
-    w = inside.mean(dim=1)
-    mv = (v * inside).sum(dim=1) / torch.clamp(inside.sum(dim=1), min=1e-6)
+    v = _sample_with_grad(torch).apply(vox, lvl.mov, size)      # (P, S)
+    with torch.no_grad():   # overlap weights: constants of each evaluation (no gradient through the FOV edge)
+        vd = vox.detach()
+        inside = torch.clamp(torch.minimum(vd + 0.5, size - 0.5 - vd), 0.0, 1.0).prod(dim=-1)
+        w = inside.mean(dim=1)
+        wi = inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)
+    mv = (v * wi).sum(dim=1)
     sw = w.sum()
     if float(sw.detach()) < 0.05 * lvl.n:
         return torch.ones((), dtype=x.dtype) * 1.0 + 0 * x.sum(), 0.0
@@ -390,7 +485,7 @@ def _refine(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch,
     x0[:3] = 1e-4
     try:
         res = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(iters), "maxfun": int(iters) * 2, "ftol": 1e-7, "gtol": 1e-6})
+                       options={"maxiter": int(iters), "maxfun": int(iters) * 2, "ftol": 1e-6, "gtol": 1e-5})
         xv = res.x
     except (RuntimeError, ValueError):
         xv = x0
@@ -453,36 +548,44 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
     maxp = list(p["max_points"])
     n_steps = len(levels) + 4
     details: dict = {"init": init}
+    timings: dict = {"prepare": time.perf_counter() - t0}
     cands = [(float("nan"), M0)]
     if init in ("search", "center"):
-        g = float(p["search_grid_mm"])
-        mov_s = smooth_for(Volume(mov, moving.affine), g)
-        fix_s = smooth_for(Volume(fix, fixed.affine), g)
-        cands = _fft_ncc_search(mov_s, moving, fix_s, fixed, fix_mask, M0, p, progress)
+        t1 = time.perf_counter()
+        cands = _fft_ncc_search(mov, moving, fix, fixed, fix_mask, M0, p, torch, progress)
         details["search_best_ncc"] = cands[0][0]
-        details["search_seconds"] = time.perf_counter() - t0
+        timings["search"] = time.perf_counter() - t1
         cands = _distinct(cands, int(p["top_k"]))
+    t1 = time.perf_counter()
     c_world_of = lambda M: geometry.apply(M, moving.center_world()[None])[0]  # noqa: E731
     lvl0 = _Level(moving, mov, fixed, fix, fix_mask, levels[0], int(p["profile_samples"]), maxp[0], seed, torch, dev)
+    screen = int(p["screen_iterations"]) if len(cands) > 1 else 0
     best = None
-    for _, Mc in cands:
-        M, ncc, frac = _refine(Mc, lvl0, c_world_of(Mc), iters[0], torch, dev)
+    for _, Mc in cands:       # every candidate gets a short refinement (all of it when there is one)
+        M, ncc, frac = _refine(Mc, lvl0, c_world_of(Mc), screen or iters[0], torch, dev)
         if best is None or ncc > best[1]:
             best = (M, ncc, frac)
     M, ncc, frac = best
+    if screen and iters[0] > screen:     # the best screened candidate finishes the level
+        M2, ncc2, frac2 = _refine(M, lvl0, c_world_of(M), iters[0] - screen, torch, dev)
+        if np.isfinite(ncc2) and ncc2 >= ncc:
+            M, ncc, frac = M2, ncc2, frac2
+    timings[f"level_{levels[0]:g}mm"] = time.perf_counter() - t1
     report(progress, "register", n_steps - len(levels) + 1, n_steps)
     level_ncc = [ncc]
     for li in range(1, len(levels)):
+        t1 = time.perf_counter()
         lvl = _Level(moving, mov, fixed, fix, fix_mask, levels[li], int(p["profile_samples"]), maxp[li], seed + li, torch, dev)
         M2, ncc2, frac2 = _refine(M, lvl, c_world_of(M), iters[li], torch, dev)
         if np.isfinite(ncc2):
             M, ncc, frac = M2, ncc2, frac2
         level_ncc.append(ncc)
+        timings[f"level_{levels[li]:g}mm"] = time.perf_counter() - t1
         report(progress, "register", n_steps - len(levels) + 1 + li, n_steps)
     report(progress, "register", n_steps, n_steps)
     details.update({"level_ncc": [float(v) for v in level_ncc], "overlap_fraction": float(frac),
                     "levels_mm": [float(v) for v in levels], "success_threshold_ncc": float(p["success_ncc"]),
-                    "device": str(dev)})
+                    "device": str(dev), "seconds": {k: round(v, 4) for k, v in timings.items()}})
     ok = bool(np.isfinite(ncc) and ncc >= float(p["success_ncc"]))
     return RegistrationResult(moving_to_fixed=M, method="ours", metric=float(ncc), success=ok, details=details)
 
