@@ -48,15 +48,16 @@ OURS_DEFAULTS = {
     "search_rot_deg": 15.0,      # rotation lattice radius around the start
     "search_rot_step_deg": 7.5,
     "search_shift_mm": 50.0,     # translation range of the FFT search around the start
-    "search_grid_mm": 6.0,
+    "search_grid_mm": 8.0,
     "search_coarse_grid_mm": 12.0,  # every rotation is scored on this grid first ...
-    "search_keep": 6,            # ... and this many of the best again on search_grid_mm
+    "search_keep": 3,            # ... and this many of the best again on search_grid_mm
     "top_k": 2,                  # search candidates refined at the coarsest level ...
-    "screen_iterations": 6,      # ... each for this many iterations; the best one finishes the level
+    "screen_iterations": 3,      # ... each for this many iterations; the best one finishes the level
     "levels_mm": (4.0, 2.0),     # axial in-plane resolution of the refinement levels
     "iterations": (20, 15),
     "max_points": (8000, 16000),
     "profile_samples": 3,
+    "optimizer": "lm",           # "lm" (Levenberg-Marquardt, analytic Jacobian) | "lbfgs" (L-BFGS, autograd)
     "success_ncc": OURS_SUCCESS_NCC,
     "torch_threads": 1,          # the problem is small: more intra-op threads only add overhead (and
                                  # stall badly on a busy machine: 59 s instead of 7 s with 2 threads)
@@ -384,7 +385,9 @@ class _Level:
         sm = smooth_for(mv, level_mm)
         vg = np.stack([sm] + [np.gradient(sm, axis=a).astype(np.float32) for a in range(3)])
         self.mov = torch.from_numpy(np.ascontiguousarray(vg))[None].to(dev)
-        self.inv_aff = torch.from_numpy(np.linalg.inv(mv.affine)).to(dev)
+        self.inv_aff_np = np.linalg.inv(mv.affine)
+        self.inv_aff = torch.from_numpy(self.inv_aff_np).to(dev)
+        self.origin_np = world.mean(0)
         self.shape = torch.tensor(mv.shape, dtype=torch.float32, device=dev)
         self.origin = torch.from_numpy(world.mean(0)).to(dev)       # points are stored relative to it (float32)
         self.pts = torch.from_numpy((pts - world.mean(0)).astype(np.float32)).to(dev)   # (P, S, 3)
@@ -462,7 +465,7 @@ def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
     return -ncc.double(), float(sw.detach()) / lvl.n
 
 
-def _refine(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch, dev) -> tuple[np.ndarray, float, float]:
+def _refine_lbfgs(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch, dev) -> tuple[np.ndarray, float, float]:
     """L-BFGS (scipy's L-BFGS-B; torch autograd for the gradient) on the 6 rigid parameters."""
     import torch.nn.functional as F
     from scipy.optimize import minimize
@@ -497,14 +500,103 @@ def _refine(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch,
     return M, -float(loss), frac
 
 
-def _eval_ncc(M: np.ndarray, lvl: _Level, torch, dev) -> float:
+def _ncc_and_jacobian(M: np.ndarray, lvl: _Level, c: np.ndarray, torch, jac: bool = True):
+    """NCC over the overlap for the moving->fixed map ``M`` and, with ``jac``, the Jacobian of the
+    slice-profile-averaged moving samples with respect to the update ``about(R(w), c, t) @ M`` at
+    w = t = 0 (w: rotation vector in radians, t: translation in mm).
+
+    Returns (ncc, overlap fraction, mv (P,), w (P,), J (P, 6) or None); ncc is nan when the overlap
+    is under 5% of the fixed points."""
     import torch.nn.functional as F
-    x = torch.zeros(6, dtype=torch.float64, device=dev)
-    x[:3] = 1e-4
-    with torch.no_grad():
-        loss, _ = _ours_loss(x, lvl, torch.from_numpy(np.linalg.inv(M)).to(dev),
-                             torch.zeros(3, dtype=torch.float64, device=dev), torch, F)
-    return -float(loss)
+    B = lvl.inv_aff_np @ np.linalg.inv(M)                          # fixed world -> moving voxel
+    K = B[:3, :3]
+    off = K @ lvl.origin_np + B[:3, 3]
+    dev = lvl.pts.device
+    vox = lvl.pts @ torch.from_numpy(K.T.astype(np.float32)).to(dev) + torch.from_numpy(off.astype(np.float32)).to(dev)
+    size = lvl.shape
+    norm = 2.0 * vox / (size - 1.0) - 1.0
+    out = F.grid_sample(lvl.mov, norm[..., [2, 1, 0]][None, :, :, None, :], mode="bilinear",
+                        padding_mode="border", align_corners=True)[0, :, :, :, 0]     # (4, P, S)
+    inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
+    w = inside.mean(dim=1)
+    wi = inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)
+    mv = (out[0] * wi).sum(dim=1)
+    sw = float(w.sum())
+    frac = sw / lvl.n
+    if sw < 0.05 * lvl.n:
+        return float("nan"), frac, mv, w, None
+    a = lvl.vals
+    da = a - (w * a).sum() / sw
+    db = mv - (w * mv).sum() / sw
+    ncc = float((w * da * db).sum() / torch.sqrt((w * da * da).sum() * (w * db * db).sum() + 1e-12))
+    J = None
+    if jac:
+        # d vox / d w_k = K (r x e_k) with r = p - c, d vox / d t = -K; g = sampled image gradient:
+        # g . K (r x e_k) = ((K^T g) x r)_k
+        h = torch.einsum("cps,cd->psd", out[1:], torch.from_numpy(K.astype(np.float32)).to(dev))
+        r = lvl.pts + torch.from_numpy((lvl.origin_np - c).astype(np.float32)).to(dev)
+        Jw = (torch.linalg.cross(h, r, dim=-1) * wi[..., None]).sum(dim=1)
+        Jt = -(h * wi[..., None]).sum(dim=1)
+        J = torch.cat([Jw, Jt], dim=1)
+    return ncc, frac, mv, w, J
+
+
+def _refine_lm(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch) -> tuple[np.ndarray, float, float]:
+    """Levenberg-Marquardt on the 6 rigid parameters. Maximising NCC is fitting a ~ alpha * m(x) + beta
+    by weighted least squares over (alpha, beta, x); with m linearised, the fit is linear in
+    (alpha, beta, alpha * dx) (variable projection), so each step solves one 8x8 system. The Jacobian
+    is analytic (sampled image gradient times the derivative of the sample positions): one sampling
+    pass per step. Rotations are about the moving stack's centre (``c_world`` under ``M0``)."""
+    M = np.asarray(M0, dtype=np.float64)
+    mc = geometry.apply(np.linalg.inv(M), np.asarray(c_world, dtype=np.float64)[None])[0]  # moving-space centre
+    c = np.asarray(c_world, dtype=np.float64)
+    ncc, frac, mv, w, J = _ncc_and_jacobian(M, lvl, c, torch)
+    if not np.isfinite(ncc):
+        return M, ncc, frac
+    a = lvl.vals.double()
+    lam = 1e-3
+    for _ in range(int(iters)):
+        wd = w.double()
+        X = torch.cat([mv.double()[:, None], torch.ones_like(wd)[:, None], J.double()], dim=1)
+        A = X.T @ (X * wd[:, None])
+        bvec = X.T @ (wd * a)
+        diag = torch.diagonal(A)[2:].clone()
+        accepted = None
+        for _try in range(5):
+            Ad = A.clone()
+            Ad[2:, 2:] += torch.diag(lam * diag + 1e-12)
+            try:
+                th = torch.linalg.solve(Ad, bvec)
+            except RuntimeError:
+                lam *= 10.0
+                continue
+            alpha = float(th[0])
+            if not np.isfinite(alpha) or abs(alpha) < 1e-9:
+                break
+            dx = (th[2:] / alpha).cpu().numpy()
+            dx[:3] = np.clip(dx[:3], -0.1, 0.1)            # at most ~6 degrees per step
+            dx[3:] = np.clip(dx[3:], -5.0, 5.0)            # and 5 mm
+            Mn = about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M
+            cn = geometry.apply(Mn, mc[None])[0]
+            res = _ncc_and_jacobian(Mn, lvl, cn, torch)
+            if np.isfinite(res[0]) and res[0] >= ncc:
+                accepted = (Mn, cn, res, dx)
+                lam = max(lam / 3.0, 1e-7)
+                break
+            lam *= 10.0
+        if accepted is None:
+            break
+        Mn, c, (n2, frac, mv, w, J), dx = accepted
+        gain = n2 - ncc
+        M, ncc = Mn, n2
+        if gain < 1e-6 or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
+            break
+    return M, ncc, frac
+
+
+def _eval_ncc(M: np.ndarray, lvl: _Level, torch, dev=None) -> float:
+    """The level's NCC for the moving->fixed map ``M`` (nan when the overlap is tiny)."""
+    return _ncc_and_jacobian(M, lvl, np.zeros(3), torch, jac=False)[0]
 
 
 def register_ours(moving: Volume, fixed: Volume, *, params: dict | None = None, progress=None,
@@ -558,6 +650,12 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
         cands = _distinct(cands, int(p["top_k"]))
     t1 = time.perf_counter()
     c_world_of = lambda M: geometry.apply(M, moving.center_world()[None])[0]  # noqa: E731
+    if p["optimizer"] not in ("lm", "lbfgs"):
+        raise InputError(f"optimizer must be 'lm' or 'lbfgs', got {p['optimizer']!r}")
+    if p["optimizer"] == "lm":
+        _refine = lambda M0_, lvl_, c_, it_, torch_, dev_: _refine_lm(M0_, lvl_, c_, it_, torch_)  # noqa: E731
+    else:
+        _refine = _refine_lbfgs
     lvl0 = _Level(moving, mov, fixed, fix, fix_mask, levels[0], int(p["profile_samples"]), maxp[0], seed, torch, dev)
     screen = int(p["screen_iterations"]) if len(cands) > 1 else 0
     best = None
