@@ -196,3 +196,24 @@ def test_head_mask_keeps_dark_interior_and_zeroes_air(tiny_ckpt):
     assert np.all(out[0][~m] == 0.0)
     tr.zero_background = False
     assert np.any(tr.translate_slices(s, "ceT1-to-T2")[0][~m] != 0.0)
+
+
+def test_gan_evaluation_metrics_behave():
+    """evaluate-gan's per-slice metrics: identity gives the ideal values, an inverted contrast gives
+    NCC -1 in the head, noise lowers PSNR/SSIM, an empty slice gives nan (left out of the stats)."""
+    from MultimodalRegistrationLib.evaluate_gan import head_ncc, mse255, psnr255, ssim255, stats
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    head = ((yy - 32) ** 2 + (xx - 32) ** 2) < 24 ** 2
+    img = np.where(head, 0.3 + 0.5 * rng.random((64, 64)), 0.0)
+    assert mse255(img, img) == 0 and psnr255(img, img) == float("inf")
+    assert ssim255(img, img) == pytest.approx(1.0)
+    assert head_ncc(img, 0.5 * img + 0.1 * head) == pytest.approx(1.0)
+    inverted = np.where(head, 1.1 - img, 0.0)
+    assert head_ncc(inverted, img) == pytest.approx(-1.0)     # background left out: pure inversion
+    noisy = np.clip(img + rng.normal(0, 0.1, img.shape), 0, 1)
+    assert 10 < psnr255(noisy, img) < 30 and ssim255(noisy, img) < 0.9
+    assert np.isnan(head_ncc(np.zeros((8, 8)), np.zeros((8, 8))))
+    s = stats([1.0, float("nan"), 3.0])
+    assert s["n"] == 2 and s["mean"] == 2.0
