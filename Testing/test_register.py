@@ -102,6 +102,13 @@ def test_ours_global_search_recovers_15mm_8deg(fast_case):
     assert rot < 1.0 and trans < 1.5
 
 
+def test_ours_rejects_bad_parameters(fast_case):
+    for bad in ({"levels_mm": [4.0, 2.0], "iterations": [10]}, {"optimizer": "newton"}, {"init": "guess"},
+                {"no_such_option": 1}):
+        with pytest.raises(InputError):
+            register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params=bad)
+
+
 def test_ours_trusting_headers_refines_small_offsets(fast_case):
     r = register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params={"init": "header"})
     assert _tre(fast_case, r.moving_to_fixed)["median"] < 0.8

@@ -139,6 +139,10 @@ def summarise(rows: list[dict], methods) -> list[dict]:
     return out
 
 
+def _secs(v: float) -> str:
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
 def table_markdown(summary: list[dict]) -> str:
     head = ("| method | cases | success (TRE<2mm) | success, hard cases | median TRE mm | p95 TRE mm | "
             "median rot err deg | median trans err mm | median Dice | median time s | flag agrees |")
@@ -147,7 +151,7 @@ def table_markdown(summary: list[dict]) -> str:
         lines.append(
             f"| {s['method']} | {s['n']} | {100 * s['success_rate']:.1f}% | {100 * s['success_rate_hard']:.1f}% | "
             f"{s['tre_median_mm']:.2f} | {s['tre_p95_mm']:.2f} | {s['rot_err_median_deg']:.2f} | "
-            f"{s['trans_err_median_mm']:.2f} | {s['dice_median']:.3f} | {s['time_median_s']:.1f} | "
+            f"{s['trans_err_median_mm']:.2f} | {s['dice_median']:.3f} | {_secs(s['time_median_s'])} | "
             f"{100 * s['flag_agreement']:.0f}% |")
     return "\n".join(lines)
 

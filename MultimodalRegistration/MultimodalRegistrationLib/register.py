@@ -633,11 +633,16 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
     init = p["init"]
     if init not in ("search", "header", "center"):
         raise InputError(f"init must be 'search', 'header' or 'center', got {init!r}")
+    if p["optimizer"] not in ("lm", "lbfgs"):
+        raise InputError(f"optimizer must be 'lm' or 'lbfgs', got {p['optimizer']!r}")
     if init == "center":
         M0 = center_init(moving.with_array(mov), fixed.with_array(fix)) @ M0
     levels = list(p["levels_mm"])
     iters = list(p["iterations"])
     maxp = list(p["max_points"])
+    if not levels or len(iters) != len(levels) or len(maxp) != len(levels):
+        raise InputError(f"levels_mm, iterations and max_points need one entry per level; got "
+                         f"{len(levels)}, {len(iters)} and {len(maxp)}")
     n_steps = len(levels) + 4
     details: dict = {"init": init}
     timings: dict = {"prepare": time.perf_counter() - t0}
@@ -650,8 +655,6 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
         cands = _distinct(cands, int(p["top_k"]))
     t1 = time.perf_counter()
     c_world_of = lambda M: geometry.apply(M, moving.center_world()[None])[0]  # noqa: E731
-    if p["optimizer"] not in ("lm", "lbfgs"):
-        raise InputError(f"optimizer must be 'lm' or 'lbfgs', got {p['optimizer']!r}")
     if p["optimizer"] == "lm":
         _refine = lambda M0_, lvl_, c_, it_, torch_, dev_: _refine_lm(M0_, lvl_, c_, it_, torch_)  # noqa: E731
     else:
