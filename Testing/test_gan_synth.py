@@ -30,6 +30,23 @@ def test_rendered_contrasts_follow_spin_echo_physics(rendered):
         assert fat.sum() > 1000 and m(cet1, fat) > m(cet1, gm)
 
 
+def test_skull_strip_keeps_the_brain_and_removes_the_rest(rendered):
+    t, cet1, t2, aff, desc = rendered
+    a, b = synth.skull_strip(cet1, t2, (t, aff))
+    from scipy import ndimage as ndi
+    inner = ndi.binary_erosion(t["icv"], iterations=3)
+    outer = ~ndi_dilate(t["icv"])
+    assert np.allclose(a[inner], cet1[inner], rtol=0.02) and np.allclose(b[inner], t2[inner], rtol=0.02)
+    assert float(np.abs(a[outer]).max()) < 0.01 * float(cet1.max()) and float(np.abs(b[outer]).max()) < 0.01 * float(t2.max())
+    if (synth.data_root() / "real" / "MNI152_T1_2mm.nii.gz").exists():
+        assert float(cet1[outer].max()) > 0.1 * float(cet1.max())      # there was a scalp to remove
+
+
+def ndi_dilate(mask):
+    from scipy import ndimage as ndi
+    return ndi.binary_dilation(mask, iterations=3)
+
+
 def ndi_erode(mask):
     from scipy import ndimage as ndi
     return ndi.binary_erosion(mask, iterations=2)

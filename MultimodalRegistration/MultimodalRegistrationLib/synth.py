@@ -299,10 +299,19 @@ def extract_slices(a: np.ndarray, b: np.ndarray, affine: np.ndarray, n: int, rng
     return np.stack(xa).astype(np.float32), np.stack(xb).astype(np.float32)
 
 
+def skull_strip(a: np.ndarray, b: np.ndarray, base) -> tuple[np.ndarray, np.ndarray]:
+    """A rendered pair reduced to the intracranial volume (as skull-stripped data are), with a 1 mm soft edge."""
+    m = ndi.gaussian_filter(base[0]["icv"].astype(np.float32), 0.7)
+    return a * m, b * m
+
+
 def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slices_per_synth: int = 48,
                   slices_per_real: int = 96, holdout: str = HOLDOUT_CASE, seed: int = 0,
-                  root: Path | None = None, log=print) -> Path:
-    """Writes ``out`` (.npz): A (ceT1) and B (T2) slices in 0..1 (float16), ``source`` per slice, recipe JSON."""
+                  strip_fraction: float = 0.5, root: Path | None = None, log=print) -> Path:
+    """Writes ``out`` (.npz): A (ceT1) and B (T2) slices in 0..1 (float16), ``source`` per slice, recipe JSON.
+
+    ``strip_fraction`` of the renders are skull-stripped (brain-only), so that the translator also sees
+    brain-only heads, as in skull-stripped research data and brain-only crops."""
     rng = np.random.default_rng(seed)
     t0 = time.time()
     A, B, src = [], [], []
@@ -321,12 +330,16 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
     descs = []
     for i in range(n_synth):
         a, b, aff, desc = render_mni_pair(rng, base)
+        desc["skull_stripped"] = bool(rng.random() < strip_fraction)
+        if desc["skull_stripped"]:
+            a, b = skull_strip(a, b, base)
         xa, xb = extract_slices(a, b, aff, slices_per_synth, rng, size)
         A.append(xa); B.append(xb); src += [f"mni152-render:{i}"] * len(xa)
         descs.append(desc)
         log(f"render {i}: {len(xa)} slices {desc} ({time.time() - t0:.0f}s)")
     recipe = {"size": size, "n_synth": n_synth, "slices_per_synth": slices_per_synth,
               "slices_per_real": slices_per_real, "real_cases": real_cases, "holdout": holdout, "seed": seed,
+              "strip_fraction": strip_fraction,
               "planes": dict(PLANE_PROBS), "renders": descs, "module": "MultimodalRegistrationLib.synth"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -354,9 +367,11 @@ def main(argv=None) -> int:
     p.add_argument("--slices-per-real", type=int, default=96)
     p.add_argument("--holdout", default=HOLDOUT_CASE)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strip-fraction", type=float, default=0.5, help="share of renders made brain-only")
     a = p.parse_args(argv)
     build_dataset(a.out, size=a.size, n_synth=a.n_synth, slices_per_synth=a.slices_per_synth,
-                  slices_per_real=a.slices_per_real, holdout=a.holdout, seed=a.seed)
+                  slices_per_real=a.slices_per_real, holdout=a.holdout, seed=a.seed,
+                  strip_fraction=a.strip_fraction)
     return 0
 
 
