@@ -217,3 +217,14 @@ def test_gan_evaluation_metrics_behave():
     assert np.isnan(head_ncc(np.zeros((8, 8)), np.zeros((8, 8))))
     s = stats([1.0, float("nan"), 3.0])
     assert s["n"] == 2 and s["mean"] == 2.0
+
+
+def test_evaluate_gan_rejects_a_malformed_render_case(tmp_path):
+    from MultimodalRegistrationLib.errors import InputError
+    from MultimodalRegistrationLib.evaluate_gan import evaluate
+    from MultimodalRegistrationLib.translate import load_translator
+
+    tr = load_translator("default", device="cpu")
+    for bad in ("render:x", "render:3:unstripped", "render:1:2:3"):
+        with pytest.raises(InputError, match="render case"):
+            evaluate(tr, cases=(bad,), out_dir=tmp_path / "r")

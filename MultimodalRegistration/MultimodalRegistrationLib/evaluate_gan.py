@@ -197,11 +197,17 @@ def evaluate(translator: Translator, cases=("TCGA-DU-7294",), out_dir: os.PathLi
     base = None
     for case in cases:
         if case.startswith("render:"):
-            # a fresh MNI152 render (synth recipe) from its own seed: never in the training set
-            from .synth import mni_tissues, render_mni_pair
+            # a fresh MNI152 render (synth recipe) from its own seed: never in the training set;
+            # "render:SEED:stripped" is the same render reduced to the brain (skull-stripped)
+            from .synth import mni_tissues, render_mni_pair, skull_strip
 
+            parts = case.split(":")
+            if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] != "stripped"):
+                raise InputError(f"render case must be 'render:SEED' or 'render:SEED:stripped', got {case!r}")
             base = base or mni_tissues()
-            a, b, aff, _ = render_mni_pair(np.random.default_rng([int(case.split(":", 1)[1]), 7919]), base)
+            a, b, aff, _ = render_mni_pair(np.random.default_rng([int(parts[1]), 7919]), base)
+            if len(parts) == 3:
+                a, b = skull_strip(a, b, base)
         else:
             try:
                 a, b, aff = load_brats_pair(case, root)
@@ -233,7 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="default", help="'default' (bundled) or a .safetensors path")
     parser.add_argument("--cases", nargs="+", default=["TCGA-DU-7294"],
                         help="held-out BraTS cases under <data-root>/brats (never used in training), or "
-                             "'render:SEED' for a fresh MNI152 render (synth recipe) with its own seed")
+                             "'render:SEED' for a fresh MNI152 render (synth recipe) with its own seed, "
+                             "'render:SEED:stripped' for the same render skull-stripped")
     parser.add_argument("--data-root", default=None, help="folder with brats/ (default ../shared/data)")
     parser.add_argument("--plane", default="coronal", choices=tuple(_PLANE_WORLD_AXIS))
     parser.add_argument("--out", required=True, help="report folder")
