@@ -17,9 +17,11 @@ $EV --cases 50 --methods ours,elastix --threads 1 --out $OUT/s8_h2h_lm
 #    with the head-to-head; --resume skips finished (case, method) rows, so a run can be continued).
 $EV --cases 50 --methods mi,paper --threads 1 --params '{"paper": {"pixel_mm": 3.0}}' --out $OUT/run1_a --resume &
 $EV --cases 32 --methods ants --threads 1 --out $OUT/run1_b --resume &
-$EV --first 32 --cases 18 --methods ants --threads 1 --out $OUT/s8_ants_b &
+$EV --first 32 --cases 12 --methods ants --threads 1 --out $OUT/s8_ants_b &
+$EV --first 44 --cases 6 --methods ants --threads 1 --out $OUT/s8_ants_c &
 wait
 
 # 3. One table (first row per (case, method) wins)
 $EV --summarise-only --methods ours,elastix --out $OUT/s8_h2h_lm \
-    --include $OUT/run1_a/results.csv:mi,paper $OUT/run1_b/results.csv:ants $OUT/s8_ants_b/results.csv:ants
+    --include $OUT/run1_a/results.csv:mi,paper $OUT/run1_b/results.csv:ants $OUT/s8_ants_b/results.csv:ants \
+    $OUT/s8_ants_c/results.csv:ants
