@@ -655,10 +655,10 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
         cands = _distinct(cands, int(p["top_k"]))
     t1 = time.perf_counter()
     c_world_of = lambda M: geometry.apply(M, moving.center_world()[None])[0]  # noqa: E731
-    if p["optimizer"] == "lm":
-        _refine = lambda M0_, lvl_, c_, it_, torch_, dev_: _refine_lm(M0_, lvl_, c_, it_, torch_)  # noqa: E731
-    else:
-        _refine = _refine_lbfgs
+    def _refine(M_start, lvl, c, iters_, torch_, dev_):
+        if p["optimizer"] == "lm":
+            return _refine_lm(M_start, lvl, c, iters_, torch_)
+        return _refine_lbfgs(M_start, lvl, c, iters_, torch_, dev_)
     lvl0 = _Level(moving, mov, fixed, fix, fix_mask, levels[0], int(p["profile_samples"]), maxp[0], seed, torch, dev)
     screen = int(p["screen_iterations"]) if len(cands) > 1 else 0
     best = None
