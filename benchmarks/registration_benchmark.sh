@@ -12,6 +12,8 @@ EV="python -m MultimodalRegistrationLib.evaluate"
 # 1. Speed and accuracy head-to-head in ONE run: ours and elastix alternate case by case in one
 #    process, one thread each, on the same 50 cases (the timing comparison of the README).
 $EV --cases 50 --methods ours,elastix --threads 1 --out $OUT/s8_h2h_lm
+#    ... and the same on 2 threads per method (nothing else running)
+$EV --cases 50 --methods ours,elastix --threads 2 --out $OUT/s9_h2h_2threads
 
 # 2. The slower methods on the same 50 cases, in parallel processes (their times are not compared
 #    with the head-to-head; --resume skips finished (case, method) rows, so a run can be continued).
