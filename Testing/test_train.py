@@ -107,3 +107,57 @@ def test_unpaired_mode_has_no_paired_loss(tmp_path):
     assert tr.hp["paired_weight"] == 0.0
     losses = tr.step(0)
     assert set(losses) >= {"d", "g", "g_adv", "cycle", "recon"} and np.isfinite(list(losses.values())).all()
+
+
+def _write_set(path, A, B, tag, recipe):
+    np.savez_compressed(path, A=A.astype(np.float16), B=B.astype(np.float16),
+                        source=np.array([f"{tag}:{i}" for i in range(len(A))]), recipe=json.dumps(recipe))
+
+
+def test_several_training_sets_are_concatenated(tmp_path):
+    from MultimodalRegistrationLib.train import load_training_sets
+    A1, B1 = _pairs(3, seed=1)
+    A2, B2 = _pairs(5, seed=2)
+    _write_set(tmp_path / "a.npz", A1, B1, "brats", {"seed": 1})
+    _write_set(tmp_path / "b.npz", A2, B2, "mni152-render", {"seed": 2})
+    A, B, sources, recipe = load_training_sets([tmp_path / "a.npz", tmp_path / "b.npz"])
+    assert A.shape == (8, 32, 32) and B.shape == (8, 32, 32)
+    np.testing.assert_allclose(A[3:], A2, atol=1e-3)     # float16 storage
+    np.testing.assert_allclose(B[:3], B1, atol=1e-3)
+    assert sources[:3] == ["brats:0", "brats:1", "brats:2"] and sources[3] == "mni152-render:0"
+    assert recipe == [{"seed": 1}, {"seed": 2}]
+    one = load_training_sets([tmp_path / "a.npz"])
+    assert one[3] == {"seed": 1} and len(one[0]) == 3
+
+
+def test_training_sets_must_exist_and_agree_in_size(tmp_path):
+    from MultimodalRegistrationLib.errors import InputError
+    from MultimodalRegistrationLib.train import load_training_sets
+    A1, B1 = _pairs(2, size=32)
+    A2, B2 = _pairs(2, size=48)
+    _write_set(tmp_path / "a.npz", A1, B1, "x", {})
+    _write_set(tmp_path / "b.npz", A2, B2, "x", {})
+    with pytest.raises(InputError, match="different slice sizes"):
+        load_training_sets([tmp_path / "a.npz", tmp_path / "b.npz"])
+    with pytest.raises(InputError, match="not found: .*missing.npz"):
+        load_training_sets([tmp_path / "a.npz", tmp_path / "missing.npz"])
+
+
+def test_train_cli_on_two_sets_with_validation(tmp_path, capsys):
+    from MultimodalRegistrationLib.train import main
+    A1, B1 = _pairs(3, seed=1)
+    A2, B2 = _pairs(3, seed=2)
+    _write_set(tmp_path / "a.npz", A1, B1, "brats", {"seed": 1})
+    _write_set(tmp_path / "b.npz", A2, B2, "mni152-render", {"seed": 2})
+    out = tmp_path / "run"
+    rc = main(["--data", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--val-data", str(tmp_path / "b.npz"),
+               "--out", str(out), "--iterations", "2", "--ch", "8", "--n-res", "1", "--log-every", "1",
+               "--sample-every", "0", "--device", "cpu"])
+    assert rc == 0
+    meta = json.loads(translate.sidecar_path(out / "nicegan_cet1_t2.safetensors").read_text())
+    data = meta["training"]["data"]
+    assert data["file"] == "a.npz + b.npz" and data["pairs"] == 6
+    assert data["sources"] == {"brats": 3, "mni152-render": 3}
+    assert "val_mse_A2B" in (out / "losses.jsonl").read_text()
+    assert main(["--data", str(tmp_path / "nope.npz"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err

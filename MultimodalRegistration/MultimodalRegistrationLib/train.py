@@ -292,9 +292,32 @@ class Trainer:
 
 # ----------------------------------------------------------------------------- CLI: mmreg train
 
+def load_training_sets(paths) -> tuple:
+    """One or more ``synth`` training sets, concatenated: (A, B, sources, recipe). With several files
+    the recipe is the list of their recipes, in order. Missing files and different slice sizes stop
+    with an InputError before anything is trained."""
+    from .synth import load_dataset
+
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"training data not found: {', '.join(missing)} "
+                         "(build it with python -m MultimodalRegistrationLib.synth, or --build-data for one file)")
+    parts = [load_dataset(p) for p in paths]
+    sizes = {p.name: tuple(part[0].shape[1:]) for p, part in zip(paths, parts)}
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"training sets have different slice sizes: {sizes}")
+    if len(parts) == 1:
+        return parts[0]
+    return (np.concatenate([x[0] for x in parts]), np.concatenate([x[1] for x in parts]),
+            [s for x in parts for s in x[2]], [x[3] for x in parts])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="training set .npz (made by synth.build_dataset)")
-    parser.add_argument("--build-data", action="store_true", help="build --data first if it does not exist")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="training set .npz (made by synth.build_dataset); several files are concatenated")
+    parser.add_argument("--build-data", action="store_true",
+                        help="build --data first if it does not exist (a single file only)")
     parser.add_argument("--val-data", default=None, help="optional held-out .npz for the periodic validation MSE")
     parser.add_argument("--out", required=True, help="run folder (state, logs, samples, exported checkpoint)")
     parser.add_argument("--iterations", type=int, default=5000)
@@ -323,20 +346,17 @@ def run_cli(args) -> int:
     from .translate import _resolve_device
 
     torch.set_num_threads(max(1, args.threads))
-    data = Path(args.data)
-    if not data.exists():
-        if args.build_data:
-            build_dataset(data)
-        else:
-            raise InputError(f"training data {data} not found (add --build-data to generate it)")
-    A, B, sources, recipe = load_dataset(data)
+    paths = [Path(d) for d in args.data]
+    if args.build_data and len(paths) == 1 and not paths[0].exists():
+        build_dataset(paths[0])
+    A, B, sources, recipe = load_training_sets(paths)
     val = None
     if args.val_data:
         va, vb, _, _ = load_dataset(args.val_data)
         val = (va, vb)
     paired = not args.unpaired
     uniq = sorted(set(s.split(":")[0] for s in sources))
-    data_desc = {"file": data.name, "pairs": int(len(A)), "sources": {u: sum(s.startswith(u) for s in sources)
+    data_desc = {"file": " + ".join(d.name for d in paths), "pairs": int(len(A)), "sources": {u: sum(s.startswith(u) for s in sources)
                                                                      for u in uniq}, "recipe": recipe,
                  "validation": Path(args.val_data).name if args.val_data else None}
     prog = "mmreg" if Path(sys.argv[0]).name.startswith("mmreg") else "python -m MultimodalRegistrationLib.train"
