@@ -427,6 +427,36 @@ def test_jobs_2_matches_jobs_1_and_survives_a_dying_worker(tmp_path):
     assert _rows(out2)["zz"]["status"] == "failed"
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_case_timeout_stops_only_the_stuck_case(tmp_path, jobs):
+    import time
+    d = tmp_path / "in"
+    cases = [_make_case(d, f"p{i}") for i in range(3)]
+    stuck = _make_case(d, "stuck", cor_name="slow_coronal.nii.gz")   # slow_run_case sleeps 60 s on it
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    res = batch.run_batch([cases[0], stuck, *cases[1:]], out, PARAMS, run_case=slow_run_case, jobs=jobs,
+                          case_timeout=4.0)
+    elapsed = time.monotonic() - t0
+    st = {r.case_id: r for r in res}
+    assert st["stuck"].status == "failed" and "timed out" in st["stuck"].error, st["stuck"]
+    assert all(st[c.case_id].status == "done" for c in cases), st
+    assert elapsed < 45, f"the stuck case was waited for ({elapsed:.0f} s)"
+    assert not (out / "stuck").exists() and not (out / batch.STAGING).exists()
+    assert _rows(out)["stuck"]["status"] == "failed"
+    # the finished cases are not redone on resume; the timed-out one is tried again
+    res2 = batch.run_batch([cases[0], stuck, *cases[1:]], out, PARAMS, run_case=slow_run_case, jobs=jobs,
+                           case_timeout=4.0)
+    assert {r.case_id: r.status for r in res2} == {"p0": "skipped", "p1": "skipped", "p2": "skipped",
+                                                  "stuck": "failed"}
+
+
+def test_case_timeout_must_be_positive(tmp_path):
+    cases = [_make_case(tmp_path / "in", "p0")]
+    with pytest.raises(InputError, match="timeout"):
+        batch.run_batch(cases, tmp_path / "o", PARAMS, run_case=fake_run_case, case_timeout=0)
+
+
 DRIVER = """
 import sys
 sys.path[:0] = {paths!r}

@@ -731,18 +731,23 @@ class _Lock:
 
 def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: Optional[Callable] = None,
               progress: Optional[Callable[[dict], None]] = None, force: bool = False,
-              note: Optional[Callable[[str], None]] = None, threads: Optional[int] = None) -> list[CaseResult]:
+              note: Optional[Callable[[str], None]] = None, threads: Optional[int] = None,
+              case_timeout: Optional[float] = None) -> list[CaseResult]:
     """Runs every case (skipping those already finished with the same hash) and writes summary.csv.
 
     ``run_case`` (default :func:`pipeline.run_case`) must be a module-level function when jobs > 1
     (it is pickled to spawned workers). ``progress`` receives event dicts (see :class:`Tracker`);
     ``note`` one-line notices (e.g. --jobs lowered to fit the memory). ``threads``: torch threads
     per case (default: cores // jobs); with jobs == 1 the cases run in this process, whose torch
-    thread count is set for the batch and restored afterwards.
+    thread count is set for the batch and restored afterwards. ``case_timeout`` (seconds): a case
+    still running after this long is stopped (its worker process is killed) and recorded as failed;
+    with a timeout, cases always run in worker processes, even with jobs == 1.
     Returns one :class:`CaseResult` per case, in manifest order. KeyboardInterrupt propagates after
     summary.csv has been written.
     """
     out = Path(os.path.abspath(out))
+    if case_timeout is not None and not case_timeout > 0:
+        raise InputError(f"the case timeout must be a positive number of seconds, not {case_timeout}")
     if params is None:
         from .pipeline import Params
         params = Params()
@@ -780,7 +785,7 @@ def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: O
                         note(n)
                 for t in todo:
                     t.threads = n_threads
-                if jobs <= 1:
+                if jobs <= 1 and case_timeout is None:
                     previous = set_threads(n_threads)
                     try:
                         for t in todo:
@@ -790,7 +795,7 @@ def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: O
                         if previous is not None:
                             set_threads(previous)
                 else:
-                    _run_pool(todo, out, n_jobs, n_threads, tracker, record)
+                    _run_pool(todo, out, n_jobs, n_threads, tracker, record, case_timeout)
         finally:
             write_summary(out, cases, results)
             _rmtree(out / STAGING)
@@ -805,11 +810,24 @@ def _on_worker_event(tracker: Tracker, kind: str, cid: str, *payload) -> None:
         tracker.event(case=cid, case_stage=stage, case_done=done, case_total=total)
 
 
-def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tracker, record) -> None:
-    """Runs tasks in spawned worker processes; a dead worker fails only the cases it had started."""
+def _kill_workers(ex) -> None:
+    for proc in list(getattr(ex, "_processes", {}).values()):
+        try:
+            proc.terminate()
+        except Exception:
+            pass
+
+
+def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tracker, record,
+              case_timeout: Optional[float] = None) -> None:
+    """Runs tasks in spawned worker processes; a dead worker fails only the cases it had started.
+
+    With ``case_timeout``, a case running longer is stopped by killing the pool's workers: that case
+    fails ("timed out"), the other cases running at that moment are put back in the queue."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     stop = threading.Event()
+    started: dict[str, float] = {}   # case id -> monotonic start time (from the workers' "start" events)
 
     def listen():
         import queue as _q
@@ -820,6 +838,8 @@ def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tra
                 continue
             except (EOFError, OSError):
                 break
+            if msg and msg[0] == "start":
+                started[msg[1]] = time.monotonic()
             _on_worker_event(tracker, *msg)
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -837,35 +857,53 @@ def _run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Tra
             else:
                 batch_tasks, n_workers, pending = pending, jobs, []
             broken = []
+            timed_out: set[str] = set()
             ex = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
                                         initargs=(threads, queue))
             try:
+                for t in batch_tasks:
+                    started.pop(t.case.case_id, None)   # a re-queued case's clock restarts with it
                 futs = {ex.submit(_worker_task, t): t for t in batch_tasks}
-                for fut in cf.as_completed(futs):
-                    t = futs[fut]
-                    try:
-                        res = fut.result()
-                    except cf.process.BrokenProcessPool:
-                        broken.append(t)
-                        continue
-                    except Exception as exc:  # e.g. an unpicklable result: still only this case fails
-                        res = CaseResult(t.case.case_id, "failed",
-                                         error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
-                    record(res)
+                waiting = set(futs)
+                while waiting:
+                    done, waiting = cf.wait(waiting, timeout=None if case_timeout is None else 0.25,
+                                            return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        t = futs[fut]
+                        try:
+                            res = fut.result()
+                        except cf.process.BrokenProcessPool:
+                            broken.append(t)
+                            continue
+                        except Exception as exc:  # e.g. an unpicklable result: still only this case fails
+                            res = CaseResult(t.case.case_id, "failed",
+                                             error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
+                        record(res)
+                    if case_timeout is not None and not timed_out:
+                        now = time.monotonic()
+                        late = {futs[f].case.case_id for f in waiting
+                                if now - started.get(futs[f].case.case_id, now) > case_timeout}
+                        if late:
+                            timed_out |= late
+                            _kill_workers(ex)   # the pool breaks: every unfinished future ends below
             except BaseException:
                 # Ctrl-C (or another abort): stop the workers now rather than after their current
                 # case; their staging folders are removed below and no marker was written.
-                for proc in list(getattr(ex, "_processes", {}).values()):
-                    try:
-                        proc.terminate()
-                    except Exception:
-                        pass
+                _kill_workers(ex)
                 ex.shutdown(wait=True, cancel_futures=True)
                 raise
             ex.shutdown(wait=True)
             not_started = []
             for t in broken:
                 cid = t.case.case_id
+                if timed_out:
+                    _rmtree(out / STAGING / cid)
+                    if cid in timed_out:
+                        record(CaseResult(cid, "failed", error=f"timed out: still running after "
+                                                               f"{case_timeout:g} s (--case-timeout)"))
+                    else:
+                        pending.append(t)   # stopped only because another case timed out
+                    continue
                 # Started (its staging folder exists) -> it was running when a worker died.
                 if (out / STAGING / cid).exists():
                     _rmtree(out / STAGING / cid)
@@ -903,6 +941,9 @@ def add_arguments(parser) -> None:
                         help="torch threads per case (default: CPU cores // jobs). Results are bit-identical "
                              "only for the same thread count")
     parser.add_argument("--force", action="store_true", help="re-run finished cases too")
+    parser.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop a case still running after this many seconds and record it as failed "
+                             "(cases then run in worker processes, also with --jobs 1)")
     add_pipeline_arguments(parser)
 
 
@@ -921,7 +962,7 @@ def run_cli(args) -> int:
     emit = {"json": json_events(), "bar": bar_events(), "none": None}[mode]
     try:
         results = run_batch(cases, args.out, params, jobs=args.jobs, progress=emit, force=args.force,
-                            threads=args.threads,
+                            threads=args.threads, case_timeout=args.case_timeout,
                             note=lambda n: print(f"mmreg batch: note: {n}", file=sys.stderr))
     except KeyboardInterrupt:
         print(f"mmreg batch: interrupted; {Path(args.out) / SUMMARY} lists what finished. "
