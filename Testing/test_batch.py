@@ -278,14 +278,23 @@ def test_resume_skips_finished_and_reruns_changed(tmp_path, calls):
     assert len(calls()) == 7
     assert (out / "p2" / "coronal_ceT1_on_axial.nii.gz").exists()
 
+    # an output edited in place (same size, other bytes) -> that case re-runs
+    t = out / "p1" / "transform.json"
+    raw = bytearray(t.read_bytes())
+    raw[-2] = ord(" ") if raw[-2] != ord(" ") else ord("\n")
+    t.write_bytes(bytes(raw))
+    res = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case)
+    assert [r.status for r in res] == ["skipped", "done", "skipped", "skipped"]
+    assert len(calls()) == 8
+
     # other parameters -> everything re-runs, and stale files of a re-run case are cleared
     (out / "p1" / "stale_extra_file.txt").write_text("x")
     res = batch.run_batch(cases, out, {**PARAMS, "seed": 1}, run_case=fake_run_case)
-    assert [r.status for r in res] == ["done"] * 4 and len(calls()) == 11
+    assert [r.status for r in res] == ["done"] * 4 and len(calls()) == 12
     assert not (out / "p1" / "stale_extra_file.txt").exists()
     # --force re-runs even when finished
     batch.run_batch(cases[:1], out, {**PARAMS, "seed": 1}, run_case=fake_run_case, force=True)
-    assert len(calls()) == 12
+    assert len(calls()) == 13
 
 
 def test_moved_inputs_with_same_bytes_are_still_finished(tmp_path, calls):

@@ -328,15 +328,19 @@ def finished_marker(case_dir: Path, expected_hash: str) -> Optional[dict]:
     """The marker of a finished case folder matching ``expected_hash``, else None.
 
     Finished means: the marker exists and parses, its hash matches, and every output it lists is
-    still there with the recorded size (a deleted or truncated output makes the case re-run).
+    still there with the recorded size and SHA-256 (a deleted, truncated or edited output makes the
+    case re-run; markers written before output hashes were recorded are checked by size).
     """
     m = read_marker(case_dir)
     if not m or m.get("hash") != expected_hash:
         return None
+    digests = m.get("output_sha256") or {}
     for name, size in (m.get("outputs") or {}).items():
         p = Path(case_dir) / name
         try:
             if p.stat().st_size != size:
+                return None
+            if name in digests and file_sha256(p) != digests[name]:
                 return None
         except OSError:
             return None
@@ -479,7 +483,8 @@ def run_one(task: Task, emit: Callable = lambda *a: None) -> CaseResult:
     marker = {
         "hash": task.hash, "version": __version__, "params": params_dict(task.params),
         "inputs": {r: {"path": str(p), "sha256": task.digests.get(r)} for r, p in inp.items()},
-        "outputs": outputs, "success": success, "metric": metric, "seconds": round(seconds, 3),
+        "outputs": outputs, "output_sha256": {n: file_sha256(work / n) for n in outputs},
+        "success": success, "metric": metric, "seconds": round(seconds, 3),
         "threads": task.threads,
         "warnings": _warn_text(caught),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
