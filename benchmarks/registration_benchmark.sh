@@ -14,6 +14,9 @@ EV="python -m MultimodalRegistrationLib.evaluate"
 $EV --cases 50 --methods ours,elastix --threads 1 --out $OUT/s8_h2h_lm
 #    ... and the same on 2 threads per method (nothing else running)
 $EV --cases 50 --methods ours,elastix --threads 2 --out $OUT/s9_h2h_2threads
+#    ... and with a faster (not default) configuration of ours
+$EV --cases 50 --methods ours,elastix --threads 2 --out $OUT/s9_h2h_2t_fast \
+    --params '{"ours": {"max_points": [4000, 8000], "search_coarse_grid_mm": 16.0, "torch_threads": 2}}'
 
 # 2. The slower methods on the same 50 cases, in parallel processes (their times are not compared
 #    with the head-to-head; --resume skips finished (case, method) rows, so a run can be continued).
