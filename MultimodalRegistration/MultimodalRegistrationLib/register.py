@@ -234,6 +234,23 @@ def _rotation_lattice(radius_deg: float, step_deg: float) -> list[np.ndarray]:
     return out
 
 
+def _sample_vox(vol, vox, size):
+    """Trilinear samples (border padding) of ``vol`` (1, C, I, J, K) at moving-voxel positions ``vox``
+    (..., 3); ``size`` = the volume's (I, J, K) as a tensor. Returns (C, ...)."""
+    import torch.nn.functional as F
+    grid = (2.0 * vox / (size - 1.0) - 1.0)[..., [2, 1, 0]].reshape(1, -1, 1, 1, 3)   # grid_sample's x = last axis
+    out = F.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(vol.shape[1], *vox.shape[:-1])
+
+
+def _overlap_weights(vox, size):
+    """Soft inside-the-stack weights of the slice-profile samples ``vox`` (P, S, 3): (w (P,), the share of
+    each point's samples inside; wi (P, S), the weights that average a point's inside samples)."""
+    import torch
+    inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
+    return inside.mean(dim=1), inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)
+
+
 class _SearchGrid:
     """The fixed side of the masked-NCC FFT search (Padfield 2012) on an isotropic grid of ``g`` mm
     aligned with the fixed stack and padded by the shift range ``T`` (FFT-friendly sizes, float32)."""
@@ -274,14 +291,12 @@ class _SearchGrid:
 
     def sample_moving(self, mov_t, moving: Volume, Mc: np.ndarray):
         """The moving volume (torch, (1, 1, I, J, K)) and its inside mask on this grid, through ``Mc``."""
-        import torch.nn.functional as F
         torch = self.torch
         A = np.linalg.inv(moving.affine) @ np.linalg.inv(Mc) @ self.G        # grid index -> moving voxel
         vox = self.idx @ torch.from_numpy(A[:3, :3].T.astype(np.float32)) + torch.from_numpy(A[:3, 3].astype(np.float32))
         size = torch.tensor(moving.shape, dtype=torch.float32)
         inside = ((vox >= -0.5) & (vox <= size - 0.5)).all(dim=1)
-        grid = (2.0 * vox / (size - 1.0) - 1.0)[:, [2, 1, 0]].reshape(1, -1, 1, 1, 3)
-        v = F.grid_sample(mov_t, grid, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
+        v = _sample_vox(mov_t, vox, size)[0]
         v = torch.where(inside, v, torch.zeros((), dtype=v.dtype))
         return v.reshape(self.shape).numpy(), inside.reshape(self.shape).numpy()
 
@@ -389,8 +404,8 @@ class _Level:
         self.inv_aff = torch.from_numpy(self.inv_aff_np).to(dev)
         self.origin_np = world.mean(0)
         self.shape = torch.tensor(mv.shape, dtype=torch.float32, device=dev)
-        self.origin = torch.from_numpy(world.mean(0)).to(dev)       # points are stored relative to it (float32)
-        self.pts = torch.from_numpy((pts - world.mean(0)).astype(np.float32)).to(dev)   # (P, S, 3)
+        self.origin = torch.from_numpy(self.origin_np).to(dev)      # points are stored relative to it (float32)
+        self.pts = torch.from_numpy((pts - self.origin_np).astype(np.float32)).to(dev)   # (P, S, 3)
         self.vals = torch.from_numpy(vals.astype(np.float32)).to(dev)
         self.n = len(vals)
 
@@ -406,15 +421,11 @@ def _sample_with_grad(torch):
     global _SAMPLER
     if _SAMPLER is not None:
         return _SAMPLER
-    import torch.nn.functional as F
 
     class SampleWithGrad(torch.autograd.Function):
         @staticmethod
         def forward(ctx, vox, vol4, size):
-            norm = 2.0 * vox / (size - 1.0) - 1.0
-            grid = norm[..., [2, 1, 0]][None, :, :, None, :]    # (1, P, S, 1, 3), grid_sample's x = last axis
-            out = F.grid_sample(vol4, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            out = out[0, :, :, :, 0]                              # (4, P, S)
+            out = _sample_vox(vol4, vox, size)                    # (4, P, S)
             ctx.save_for_backward(out[1:])
             return out[0]
 
@@ -446,10 +457,7 @@ def _ours_loss(x, lvl: _Level, M0inv_t, c_t, torch, F):
     size = lvl.shape
     v = _sample_with_grad(torch).apply(vox, lvl.mov, size)      # (P, S)
     with torch.no_grad():   # overlap weights: constants of each evaluation (no gradient through the FOV edge)
-        vd = vox.detach()
-        inside = torch.clamp(torch.minimum(vd + 0.5, size - 0.5 - vd), 0.0, 1.0).prod(dim=-1)
-        w = inside.mean(dim=1)
-        wi = inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)
+        w, wi = _overlap_weights(vox.detach(), size)
     mv = (v * wi).sum(dim=1)
     sw = w.sum()
     if float(sw.detach()) < 0.05 * lvl.n:
@@ -507,19 +515,13 @@ def _ncc_and_jacobian(M: np.ndarray, lvl: _Level, c: np.ndarray, torch, jac: boo
 
     Returns (ncc, overlap fraction, mv (P,), w (P,), J (P, 6) or None); ncc is nan when the overlap
     is under 5% of the fixed points."""
-    import torch.nn.functional as F
     B = lvl.inv_aff_np @ np.linalg.inv(M)                          # fixed world -> moving voxel
     K = B[:3, :3]
     off = K @ lvl.origin_np + B[:3, 3]
     dev = lvl.pts.device
     vox = lvl.pts @ torch.from_numpy(K.T.astype(np.float32)).to(dev) + torch.from_numpy(off.astype(np.float32)).to(dev)
-    size = lvl.shape
-    norm = 2.0 * vox / (size - 1.0) - 1.0
-    out = F.grid_sample(lvl.mov, norm[..., [2, 1, 0]][None, :, :, None, :], mode="bilinear",
-                        padding_mode="border", align_corners=True)[0, :, :, :, 0]     # (4, P, S)
-    inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
-    w = inside.mean(dim=1)
-    wi = inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)
+    out = _sample_vox(lvl.mov, vox, lvl.shape)                      # (4, P, S)
+    w, wi = _overlap_weights(vox, lvl.shape)
     mv = (out[0] * wi).sum(dim=1)
     sw = float(w.sum())
     frac = sw / lvl.n
@@ -595,7 +597,8 @@ def _refine_lm(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, tor
 
 
 def _eval_ncc(M: np.ndarray, lvl: _Level, torch, dev=None) -> float:
-    """The level's NCC for the moving->fixed map ``M`` (nan when the overlap is tiny)."""
+    """The level's NCC for the moving->fixed map ``M`` (nan when the overlap is tiny); used by
+    benchmarks/calibrate_ours_threshold.py."""
     return _ncc_and_jacobian(M, lvl, np.zeros(3), torch, jac=False)[0]
 
 
