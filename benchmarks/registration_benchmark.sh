@@ -11,7 +11,7 @@ EV="python -m MultimodalRegistrationLib.evaluate"
 
 # 1. Speed and accuracy head-to-head in ONE run: ours and elastix alternate case by case in one
 #    process, one thread each, on the same 50 cases (the timing comparison of the README).
-$EV --cases 50 --methods ours,elastix --threads 1 --out $OUT/s8_h2h_lm
+$EV --cases 50 --methods ours,elastix --threads 1 --out $OUT/s9_h2h_1thread
 #    ... and the same on 2 threads per method (nothing else running)
 $EV --cases 50 --methods ours,elastix --threads 2 --out $OUT/s9_h2h_2threads
 #    ... and with a faster (not default) configuration of ours
@@ -27,6 +27,6 @@ $EV --first 44 --cases 6 --methods ants --threads 1 --out $OUT/s8_ants_c &
 wait
 
 # 3. One table (first row per (case, method) wins)
-$EV --summarise-only --methods ours,elastix --out $OUT/s8_h2h_lm \
+$EV --summarise-only --methods ours,elastix --out $OUT/s9_h2h_1thread \
     --include $OUT/run1_a/results.csv:mi,paper $OUT/run1_b/results.csv:ants $OUT/s8_ants_b/results.csv:ants \
     $OUT/s8_ants_c/results.csv:ants
