@@ -36,7 +36,7 @@ def test_output_contract(registered, case_dir):
         assert (registered / OUTPUT_FILES[key]).exists(), key
     t = json.loads((registered / "transform.json").read_text())
     assert set(t) >= {"moving_to_fixed_ras", "method", "metric", "subset_index", "seconds", "success", "translator"}
-    assert t["translator"] == "none" and t["method"] == "ours"
+    assert t["translator"] == "none" and t["method"] == "search-ncc"   # asked for by its old name "ours"
     M = np.asarray(t["moving_to_fixed_ras"])
     assert np.allclose(geometry.read_itk_tfm(registered / "transform.tfm"), M, atol=1e-6)
     import nibabel as nib

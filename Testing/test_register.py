@@ -38,7 +38,7 @@ def cases(brats_source):
 def test_result_contract_and_errors(fast_case):
     calls = []
     r = register(fast_case.coronal_t2, fast_case.axial_t2, "ours", progress=lambda *a: calls.append(a))
-    assert isinstance(r, RegistrationResult) and r.method == "ours"
+    assert isinstance(r, RegistrationResult) and r.method == "search-ncc"   # "ours" is the old name
     assert r.moving_to_fixed.shape == (4, 4) and np.allclose(r.moving_to_fixed[3], [0, 0, 0, 1])
     assert np.allclose(np.linalg.det(r.moving_to_fixed[:3, :3]), 1.0, atol=1e-6)
     assert r.seconds > 0 and r.success and np.isfinite(r.metric)
@@ -49,7 +49,7 @@ def test_result_contract_and_errors(fast_case):
         register(fast_case.coronal_t2, fast_case.axial_t2, "nope")
     with pytest.raises(InputError):
         register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params={"bogus": 1})
-    assert METHODS == ("ours", "paper", "mi")
+    assert METHODS == ("search-cr", "search-ncc", "paper", "mi")
 
 
 @pytest.mark.parametrize("optimizer", ["lm", "lbfgs"])
@@ -152,3 +152,48 @@ def test_evaluate_benchmark_smoke(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"][0]["success_rate"] == 1.0
     assert "| ours | 1 |" in (out / "summary.md").read_text()
+
+
+def test_search_cr_registers_real_cet1_to_t2_and_flags_it(cases):
+    """The default works on the original (real BraTS) ceT1 against the T2, with no translator, and its
+    forward/backward check marks the results as consistent."""
+    for case in cases:
+        r = register(case.coronal_cet1, case.axial_t2, "search-cr")
+        t = _tre(case, r.moving_to_fixed, case.coronal_cet1)
+        assert r.method == "search-cr" and t["mean"] < 1.5, t
+        cons = r.details["consistency"]
+        assert r.success is True and cons["mm"] < cons["threshold_mm"], cons
+
+
+def test_search_cr_flags_a_wrong_result(cases):
+    """A result forced far from the truth (search off, start 25 mm away) is flagged unsuccessful by the
+    consistency check, which runs its own search."""
+    case = _with_header_error(cases[0], 0.0, 25.0)
+    r = register(case.coronal_cet1, case.axial_t2, "search-cr", params={"init": "header", "iterations": (2, 2)})
+    assert _tre(case, r.moving_to_fixed, case.coronal_cet1)["mean"] > 10
+    assert r.success is False and r.details["consistency"]["mm"] > 10
+
+
+def test_search_cr_without_check_says_success_is_unknown(fast_case):
+    r = register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"consistency": False})
+    assert r.success is None and "unknown" in r.details["success_note"]
+    with pytest.raises(InputError):
+        register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"similarity": "mind"})
+    with pytest.raises(InputError):
+        register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"cr_bins": 2})
+
+
+def test_cr_fit_recovers_a_nonlinear_intensity_map():
+    """The correlation ratio of a ~ f(m) is 1 for any piecewise-linear f on the knots (even a
+    non-monotonic one: T1 dark CSF is T2 bright), and 0 for unrelated intensities."""
+    import torch
+    from MultimodalRegistrationLib.register import _cr_fit
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(5000, generator=g, dtype=torch.float64)
+    knots = torch.linspace(0, 1, 9, dtype=torch.float64)
+    a = torch.where(m < 0.5, 1.0 - 2 * m, 2 * (m - 0.5) * 0.6)
+    w = torch.ones_like(m)
+    cr, c, *_ = _cr_fit(m, a, w, knots)
+    assert cr > 0.999
+    cr0, *_ = _cr_fit(m, torch.rand(5000, generator=g, dtype=torch.float64), w, knots)
+    assert cr0 < 0.01

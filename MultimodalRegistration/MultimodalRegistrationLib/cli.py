@@ -49,8 +49,10 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=("ours", "paper", "mi"), default="ours",
-                   help="ours (default): global search + 6-DOF refinement; paper: the paper's subset search; "
+    p.add_argument("--method", choices=("search-cr", "search-ncc", "ours", "paper", "mi"), default="search-cr",
+                   help="search-cr (default): global search + 6-DOF correlation-ratio refinement on the original "
+                        "ceT1, with a forward/backward consistency check; search-ncc (old name: ours): the same "
+                        "engine with NCC on the translator's synthetic T2; paper: the paper's subset search; "
                         "mi: SimpleITK mutual-information baseline")
     p.add_argument("--translator", default="default",
                    help="'default' (bundled NICE-GAN), 'none' (intensity normalisation only) or a .safetensors path")
@@ -63,8 +65,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter (repeatable), e.g. --param lr0=4 --param iterations=30")
     p.add_argument("--polish", choices=("auto", "always", "never"), default="auto",
-                   help="method ours: refine with mutual information on the original ceT1 when the NCC result "
-                        "on the synthetic T2 is flagged unsuccessful (auto, default), always, or never")
+                   help="a reported last resort: refine with SimpleITK mutual information on the original ceT1. "
+                        "auto (default): only for search-ncc, when its NCC result is flagged unsuccessful; "
+                        "always (search-ncc or search-cr); never")
     p.add_argument("--no-figure", action="store_true", help="skip report.png")
     add_progress_argument(p)
 
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the pipeline on the bundled sample case and check it against its ground truth")
     p.add_argument("--out", default="mmreg_demo", help="output folder (default: ./mmreg_demo)")
-    p.add_argument("--method", choices=("ours", "paper", "mi"), default="ours")
+    p.add_argument("--method", choices=("search-cr", "search-ncc", "ours", "paper", "mi"), default="search-cr")
     p.add_argument("--translator", default="default")
     add_progress_argument(p)
     p.set_defaults(func=cmd_demo)

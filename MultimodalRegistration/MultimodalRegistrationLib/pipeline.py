@@ -40,15 +40,16 @@ FUSED_CHANNELS = ("axial_T2", "registered_ceT1", "registered_synthT2")
 class Params:
     """Everything that changes the result (hashed by the batch runner to decide what is finished)."""
 
-    method: str = "ours"                 # ours | paper | mi
+    method: str = "search-cr"            # search-cr (default) | search-ncc (alias: ours) | paper | mi
     translator: str = "default"          # default (bundled NICE-GAN) | none | path to .safetensors
     device: str = "auto"                 # auto | cpu | cuda
     seed: int = 0
     label_mode: str = "linear"           # linear (per-label linear + argmax) | nearest
     force_orientation: bool = False      # accept stacks whose direction cosines are not coronal/axial
     method_params: dict = field(default_factory=dict)
-    polish: str = "auto"                 # ours only: MI refinement on the original ceT1: auto (when the
-                                         # NCC result is flagged unsuccessful) | always | never
+    polish: str = "auto"                 # MI refinement on the original ceT1, a reported last resort: auto
+                                         # (search-ncc only, when its NCC result is flagged unsuccessful) |
+                                         # always (search-ncc or search-cr) | never
     report_png: bool = True
 
     def to_dict(self) -> dict:
@@ -103,11 +104,12 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     one-line messages; on such an error nothing has been written.
     """
     params = params or Params()
-    from .register import METHODS, register
+    from .register import canonical_method, register
     from .translate import _resolve_device
 
-    if params.method not in METHODS:
-        raise InputError(f"unknown method {params.method!r}; choose from {', '.join(METHODS)}")
+    method = canonical_method(params.method)
+    if method != params.method:
+        warnings.warn(f"method {params.method!r} is now called {method!r}", DeprecationWarning, stacklevel=2)
     if params.polish not in ("auto", "always", "never"):
         raise InputError(f"unknown polish mode {params.polish!r}; choose auto, always or never")
     if params.label_mode not in labels_mod.MODES:
@@ -127,11 +129,15 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     timings["translate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    moving = cor if params.method == "mi" else synth
-    result = register(moving, ax, params.method, params=dict(params.method_params), progress=progress,
+    # search-cr and mi compare the original ceT1 with the T2 (any contrast); search-ncc and paper the
+    # translator's synthetic T2 (monomodal)
+    moving = cor if method in ("mi", "search-cr") else synth
+    result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
                       device=_resolve_device(params.device), seed=params.seed)
     timings["register"] = time.perf_counter() - t
-    if params.method == "ours" and (params.polish == "always" or (params.polish == "auto" and not result.success)):
+    polish = method in ("search-ncc", "search-cr") and (
+        params.polish == "always" or (params.polish == "auto" and method == "search-ncc" and not result.success))
+    if polish:
         t = time.perf_counter()
         result = _polish(result, cor, ax, params.seed, progress)
         timings["polish"] = time.perf_counter() - t
@@ -192,7 +198,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         "metric": float(result.metric),
         "subset_index": result.subset_index,
         "seconds": float(seconds),
-        "success": bool(result.success),
+        "success": None if result.success is None else bool(result.success),
+        "confidence": _confidence(result),
         "translator": translator.name,
         # Subsets pruned or not evaluated carry None (JSON null).
         "subset_metrics": None if result.subset_metrics is None else
@@ -206,7 +213,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
                    "axial_labels": _s(axial_labels)},
         "params": params.to_dict(),
         "translator": {"name": translator.name, "info": getattr(translator, "info", {}), "note": translator_note},
-        "registration": {"method": result.method, "metric": float(result.metric), "success": bool(result.success),
+        "registration": {"method": result.method, "metric": float(result.metric),
+                         "success": None if result.success is None else bool(result.success),
                          "subset_index": result.subset_index, "seconds": float(result.seconds),
                          "details": result.details},
         "geometry": {"coronal": _geom(cor), "axial": _geom(ax)},
@@ -248,6 +256,22 @@ def _polish(result, cor: Volume, ax: Volume, seed: int, progress):
     return replace(result, moving_to_fixed=r["moving_to_fixed"], method="ours+mi-polish", metric=float(r["metric"]),
                    success=bool(r["metric"] <= POLISH_SUCCESS_MI), seconds=result.seconds + r["seconds"],
                    details=details)
+
+
+def _confidence(result) -> dict:
+    """What the success flag rests on, for transform.json: the rule, its measured inputs and a note."""
+    d = result.details or {}
+    cons = d.get("consistency")
+    if result.method == "search-cr" and cons:
+        return {"rule": "forward/backward agreement", "consistency_mm": round(float(cons["mm"]), 3),
+                "threshold_mm": float(cons["threshold_mm"]),
+                "note": "forward (coronal->axial) and backward (axial->coronal) registrations, each with its own "
+                        "global search, agree to this mean distance over the overlap; calibration: "
+                        "docs/REGISTRATION.md"}
+    if result.success is None:
+        return {"rule": None, "note": d.get("success_note", "no calibrated success rule for this result")}
+    return {"rule": "metric threshold", "metric": float(result.metric),
+            "note": "a threshold on the method's own metric (docs/REGISTRATION.md says how it was set)"}
 
 
 def _s(p):

@@ -33,7 +33,18 @@ from .progress import report
 from .subsets import axis_correspondence, interpolate_slice_axis, plan_for
 from .volume import Volume, slice_axis
 
-METHODS = ("ours", "paper", "mi")
+METHODS = ("search-cr", "search-ncc", "paper", "mi")
+#: Old names still accepted: "ours" was the NCC engine (now "search-ncc"), unchanged.
+METHOD_ALIASES = {"ours": "search-ncc"}
+DEFAULT_METHOD = "search-cr"
+
+
+def canonical_method(method: str) -> str:
+    """The method's current name ("ours" -> "search-ncc"); raises InputError for an unknown one."""
+    m = METHOD_ALIASES.get(method, method)
+    if m not in METHODS:
+        raise InputError(f"unknown registration method {method!r}; choose from {', '.join(METHODS)}")
+    return m
 
 #: Success thresholds (documented and calibrated in docs/REGISTRATION.md).
 #: ours: final NCC over the overlap at the finest level; paper: mean MSE of the best subset after
@@ -57,7 +68,11 @@ OURS_DEFAULTS = {
     "iterations": (20, 15),
     "max_points": (8000, 16000),
     "profile_samples": 3,
-    "optimizer": "lm",           # "lm" (Levenberg-Marquardt, analytic Jacobian) | "lbfgs" (L-BFGS, autograd)
+    "optimizer": "lm",           # "lm" (Levenberg-Marquardt, analytic Jacobian) | "lbfgs" (L-BFGS, autograd; ncc only)
+    "similarity": "ncc",         # "ncc" (monomodal: synthetic T2 vs T2) | "cr" (correlation ratio: any contrast)
+    "search_feature": "intensity",  # FFT search on "intensity" or "gradmag" (gradient magnitude, any contrast)
+    "fixed_mask_frac": 0.08,     # fixed voxels above this share of its robust max are compared (0 = all)
+    "cr_bins": 10,               # cr: intensity bins (search) / knots of the piecewise-linear map (refinement)
     "success_ncc": OURS_SUCCESS_NCC,
     "torch_threads": 1,          # the problem is small: more intra-op threads only add overhead (and
                                  # stall badly on a busy machine: 59 s instead of 7 s with 2 threads)
@@ -80,7 +95,7 @@ class RegistrationResult:
     moving_to_fixed: np.ndarray      # 4x4, coronal (moving) RAS world -> axial (fixed) RAS world
     method: str                      # "ours" | "paper" | "mi" (benchmark wrappers: "elastix", "ants")
     metric: float                    # final metric (paper: mean MSE of the best subset; ours: NCC)
-    success: bool                    # metric-based, documented and calibrated threshold
+    success: bool | None             # calibrated rule (docs/REGISTRATION.md); None = not known
     subset_index: int | None = None
     subset_metrics: list[float] | None = None   # per-subset metric curve (paper Fig. 7), None if n/a
     seconds: float = 0.0
@@ -92,15 +107,16 @@ class RegistrationResult:
         return d
 
 
-def register(moving: Volume, fixed: Volume, method: str = "ours", *, params: dict | None = None,
+def register(moving: Volume, fixed: Volume, method: str = DEFAULT_METHOD, *, params: dict | None = None,
              progress=None, device: str = "cpu", seed: int = 0) -> RegistrationResult:
     """Registers ``moving`` (coronal stack, its header world) to ``fixed`` (axial stack)."""
-    if method not in METHODS:
-        raise InputError(f"unknown registration method {method!r}; choose from {', '.join(METHODS)}")
+    method = canonical_method(method)
     _check_inputs(moving, fixed)
     params = dict(params or {})
     t0 = time.perf_counter()
-    if method == "ours":
+    if method == "search-cr":
+        res = register_search_cr(moving, fixed, params=params, progress=progress, device=device, seed=seed)
+    elif method == "search-ncc":
         res = register_ours(moving, fixed, params=params, progress=progress, device=device, seed=seed)
     elif method == "paper":
         res = register_paper(moving, fixed, params=params, progress=progress, device=device)
@@ -168,6 +184,12 @@ def smooth_for(vol: Volume, target_mm: float) -> np.ndarray:
     if max(sig) < 0.3:
         return arr
     return ndimage.gaussian_filter(arr, sig, mode="nearest").astype(np.float32)
+
+
+def gradient_magnitude(arr: np.ndarray, spacing) -> np.ndarray:
+    """|grad arr| in intensity per mm (central differences along each voxel axis)."""
+    g = [np.gradient(arr, axis=a) / float(spacing[a]) for a in range(3)]
+    return np.sqrt(sum(x * x for x in g)).astype(np.float32)
 
 
 def signal_mask(arr: np.ndarray, frac: float = 0.08, dilate: int = 2) -> np.ndarray:
@@ -300,6 +322,43 @@ class _SearchGrid:
         v = torch.where(inside, v, torch.zeros((), dtype=v.dtype))
         return v.reshape(self.shape).numpy(), inside.reshape(self.shape).numpy()
 
+    def _best(self, score: np.ndarray, N: np.ndarray, Mc: np.ndarray) -> tuple[float, np.ndarray]:
+        # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
+        # slab may overlap only a small part of the head; tiny overlaps give meaningless scores)
+        min_n = max(0.5 * float(N[self.in_range].max()), 50.0 * (6.0 / self.g) ** 3)
+        score[(N < min_n) | ~self.in_range] = -np.inf
+        idx = np.unravel_index(int(np.argmax(score)), score.shape)
+        t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.g
+        M = np.eye(4)
+        M[:3, 3] = self.D @ t
+        return float(score[idx]), M @ Mc
+
+    def score_cr(self, mov_t, moving: Volume, Mc: np.ndarray, edges: np.ndarray) -> tuple[float, np.ndarray]:
+        """Best correlation ratio (Roche et al. 1998) of the fixed intensities given the moving intensity
+        bin, over all shifts within ``T``, for the rotation ``Mc``: (cr, moving_to_fixed).
+
+        The moving samples are split into bins by ``edges``; with one indicator image per bin, every
+        sum the ratio needs (per-bin counts and fixed sums over the overlap) is a correlation: one FFT
+        product each. CR = (sum_k b_k^2 / n_k - S^2 / N) / (S2 - S^2 / N) over the overlap."""
+        Gm, mM = self.sample_moving(mov_t, moving, Mc)
+        bins = np.digitize(Gm, edges)
+        S = S2 = N = None
+        expl = None
+        for k in range(len(edges) + 1):
+            Bk = np.conj(self.rf(((bins == k) & mM).astype(np.float32)))
+            nk = self.irf(self.FM * Bk)
+            bk = self.irf(self.FA * Bk)
+            e = bk * bk / (np.maximum(nk, 0.0) + 2.0)
+            expl = e if expl is None else expl + e
+            N = nk if N is None else N + nk
+            S = bk if S is None else S + bk
+        GM = np.conj(self.rf(mM.astype(np.float32)))
+        S2 = self.irf(self.FF2 * GM)
+        Ns = np.maximum(N, 1.0)
+        tot = S2 - S * S / Ns
+        cr = (expl - S * S / Ns) / np.maximum(tot, 1e-6)
+        return self._best(cr, N, Mc)
+
     def score(self, mov_t, moving: Volume, Mc: np.ndarray) -> tuple[float, np.ndarray]:
         """Best masked NCC over all shifts within ``T`` for the rotation ``Mc``: (ncc, moving_to_fixed)."""
         Gm, mM = self.sample_moving(mov_t, moving, Mc)
@@ -315,15 +374,7 @@ class _SearchGrid:
         num = S12 - S1 * S2 / Ns
         den = (S11 - S1 * S1 / Ns) * (S22 - S2 * S2 / Ns)
         ncc = num / np.sqrt(np.maximum(den, 1e-6))
-        # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
-        # slab may overlap only a small part of the head; tiny overlaps give meaningless NCC)
-        min_n = max(0.5 * float(N[self.in_range].max()), 50.0 * (6.0 / self.g) ** 3)
-        ncc[(N < min_n) | ~self.in_range] = -np.inf
-        idx = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-        t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.g
-        M = np.eye(4)
-        M[:3, 3] = self.D @ t
-        return float(ncc[idx]), M @ Mc
+        return self._best(ncc, N, Mc)
 
 
 def _moving_for_search(mov: np.ndarray, moving: Volume, g: float, torch):
@@ -349,13 +400,21 @@ def _fft_ncc_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Vol
     two_stage = gc > g and 0 < keep < len(starts)
     n_report = len(starts) + (keep if two_stage else 0)
 
+    feature = p.get("search_feature", "intensity")
+
     def run_stage(grid_mm: float, Ms: list, done: int):
         fs = smooth_for(Volume(fix, fixed.affine), grid_mm)
-        sg = _SearchGrid(fs, fixed, fix_mask, grid_mm, T, torch)
         mov_t, mv = _moving_for_search(mov, moving, grid_mm, torch)
+        if feature == "gradmag":
+            fs = gradient_magnitude(fs, fixed.spacing)
+            mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), mv.spacing))[None, None]
+        sg = _SearchGrid(fs, fixed, fix_mask, grid_mm, T, torch)
         out = []
         for i, Mc in enumerate(Ms):
-            ncc, M = sg.score(mov_t, mv, Mc)
+            if p.get("similarity") == "cr" and feature == "intensity":
+                ncc, M = sg.score_cr(mov_t, mv, Mc, p["_cr_edges"])
+            else:
+                ncc, M = sg.score(mov_t, mv, Mc)
             out.append((ncc, M, Mc))
             report(progress, "register", done + i + 1, n_report + 4)
         return out
@@ -596,6 +655,106 @@ def _refine_lm(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, tor
     return M, ncc, frac
 
 
+def _hat_basis(m, knots):
+    """Piecewise-linear 'hat' basis of the intensities ``m`` (P,) on ``knots`` (K,): (Phi (P, K), the
+    interval index (P,), the inside-the-knot-range mask (P,)). Intensities beyond the knots are clamped."""
+    import torch
+    K = knots.numel()
+    t = torch.clamp(m, knots[0], knots[-1])
+    idx = torch.clamp(torch.searchsorted(knots, t.contiguous()) - 1, 0, K - 2)
+    lo, hi = knots[idx], knots[idx + 1]
+    fr = (t - lo) / (hi - lo)
+    Phi = torch.zeros((m.shape[0], K), dtype=m.dtype, device=m.device)
+    Phi.scatter_(1, idx[:, None], (1 - fr)[:, None])
+    Phi.scatter_add_(1, (idx + 1)[:, None], fr[:, None])
+    inside = (m > knots[0]) & (m < knots[-1])
+    return Phi, idx, inside
+
+
+def _cr_fit(mv, a, w, knots):
+    """Weighted least-squares fit a ~ f(mv), f piecewise linear on ``knots``: (correlation ratio
+    1 - SS_res / SS_tot, coefficients c (K,), Phi, interval index, inside mask)."""
+    import torch
+    Phi, idx, inside = _hat_basis(mv, knots)
+    G = Phi.T @ (Phi * w[:, None])
+    G = G + torch.eye(G.shape[0], dtype=G.dtype, device=G.device) * (1e-6 * float(torch.trace(G)) / G.shape[0] + 1e-9)
+    c = torch.linalg.solve(G, Phi.T @ (w * a))
+    r = a - Phi @ c
+    sw = w.sum()
+    am = (w * a).sum() / sw
+    tot = (w * (a - am) ** 2).sum()
+    cr = float(1.0 - (w * r * r).sum() / torch.clamp(tot, min=1e-12))
+    return cr, c, Phi, idx, inside
+
+
+def _cr_and_jacobian(M: np.ndarray, lvl: _Level, c: np.ndarray, knots, torch, jac: bool = True):
+    """Correlation ratio of the fixed samples given the moving ones for the map ``M`` (and the pieces an
+    LM step needs): (cr, overlap fraction, w, J (P, 6) or None, Phi, slope of f at the samples)."""
+    ncc, frac, mv, w, J = _ncc_and_jacobian(M, lvl, c, torch, jac=jac)
+    if not np.isfinite(ncc):
+        return float("nan"), frac, w, None, None, None
+    a = lvl.vals.double()
+    wd = w.double()
+    cr, coef, Phi, idx, inside = _cr_fit(mv.double(), a, wd, knots)
+    slope = (coef[idx + 1] - coef[idx]) / (knots[idx + 1] - knots[idx])
+    slope = torch.where(inside, slope, torch.zeros_like(slope))
+    return cr, frac, wd, (None if J is None else J.double()), Phi, slope
+
+
+def _refine_lm_cr(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, knots, torch) -> tuple[np.ndarray, float, float]:
+    """Levenberg-Marquardt on the 6 rigid parameters maximising the correlation ratio: the fixed samples
+    are fitted by a piecewise-linear function f of the moving samples, a ~ f(m(x)) (any contrast
+    relation, not only a linear one). With m linearised and f' taken at the current fit, the model
+    a ~ Phi(m) c + f'(m) J dx is linear in (c, dx): one (K+6)-square solve per step, as in
+    :func:`_refine_lm` (which is the special case f(m) = alpha m + beta)."""
+    M = np.asarray(M0, dtype=np.float64)
+    mc = geometry.apply(np.linalg.inv(M), np.asarray(c_world, dtype=np.float64)[None])[0]
+    c = np.asarray(c_world, dtype=np.float64)
+    cr, frac, w, J, Phi, slope = _cr_and_jacobian(M, lvl, c, knots, torch)
+    if not np.isfinite(cr):
+        return M, cr, frac
+    a = lvl.vals.double()
+    K = Phi.shape[1]
+    lam = 1e-3
+    for _ in range(int(iters)):
+        X = torch.cat([Phi, slope[:, None] * J], dim=1)
+        A = X.T @ (X * w[:, None])
+        bvec = X.T @ (w * a)
+        ridge = 1e-6 * float(torch.trace(A[:K, :K])) / K + 1e-9
+        diag = torch.diagonal(A)[K:].clone()
+        accepted = None
+        for _try in range(5):
+            Ad = A.clone()
+            Ad[:K, :K] += torch.eye(K, dtype=A.dtype) * ridge
+            Ad[K:, K:] += torch.diag(lam * diag + 1e-12)
+            try:
+                th = torch.linalg.solve(Ad, bvec)
+            except RuntimeError:
+                lam *= 10.0
+                continue
+            dx = th[K:].cpu().numpy()
+            if not np.all(np.isfinite(dx)):
+                break
+            dx[:3] = np.clip(dx[:3], -0.1, 0.1)
+            dx[3:] = np.clip(dx[3:], -5.0, 5.0)
+            Mn = about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M
+            cn = geometry.apply(Mn, mc[None])[0]
+            res = _cr_and_jacobian(Mn, lvl, cn, knots, torch)
+            if np.isfinite(res[0]) and res[0] >= cr:
+                accepted = (Mn, cn, res, dx)
+                lam = max(lam / 3.0, 1e-7)
+                break
+            lam *= 10.0
+        if accepted is None:
+            break
+        Mn, c, (cr2, frac, w, J, Phi, slope), dx = accepted
+        gain = cr2 - cr
+        M, cr = Mn, cr2
+        if gain < 1e-6 or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
+            break
+    return M, cr, frac
+
+
 def _eval_ncc(M: np.ndarray, lvl: _Level, torch, dev=None) -> float:
     """The level's NCC for the moving->fixed map ``M`` (nan when the overlap is tiny); used by
     benchmarks/calibrate_ours_threshold.py."""
@@ -607,7 +766,7 @@ def register_ours(moving: Volume, fixed: Volume, *, params: dict | None = None, 
     torch = _torch()
     p = dict(OURS_DEFAULTS)
     p.update(params or {})
-    unknown = set(p) - set(OURS_DEFAULTS) - {"initial_transform"}
+    unknown = set(p) - set(SEARCH_CR_DEFAULTS) - {"initial_transform", "_cr_edges"}
     if unknown:
         raise InputError(f"unknown parameter(s) for method 'ours': {', '.join(sorted(unknown))}")
     n_before = torch.get_num_threads()
@@ -631,13 +790,29 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
     fixed = block_mean(fixed, level_factors(fixed, min(float(v) for v in p["levels_mm"])))
     fix = np.asarray(fixed.array, dtype=np.float32)
     fix = fix / robust_scale(fix)
-    fix_mask = signal_mask(fix, 0.08, dilate=1)
+    fix_mask = signal_mask(fix, float(p["fixed_mask_frac"]), dilate=1) if float(p["fixed_mask_frac"]) > 0 else \
+        np.ones(fix.shape, dtype=bool)
     M0 = np.asarray(p.get("initial_transform") if p.get("initial_transform") is not None else np.eye(4), dtype=np.float64)
     init = p["init"]
     if init not in ("search", "header", "center"):
         raise InputError(f"init must be 'search', 'header' or 'center', got {init!r}")
     if p["optimizer"] not in ("lm", "lbfgs"):
         raise InputError(f"optimizer must be 'lm' or 'lbfgs', got {p['optimizer']!r}")
+    if p["similarity"] not in ("ncc", "cr"):
+        raise InputError(f"similarity must be 'ncc' or 'cr', got {p['similarity']!r}")
+    if p["similarity"] == "cr":
+        if p["optimizer"] != "lm":
+            raise InputError("similarity 'cr' needs optimizer 'lm'")
+        nb = int(p["cr_bins"])
+        if nb < 3:
+            raise InputError(f"cr_bins must be at least 3, got {nb}")
+        sub = mov.ravel()[:: max(1, mov.size // 200000)]          # a regular subsample is plenty for quantiles
+        fg = sub[sub > 0.02]
+        qs = np.quantile(fg, np.linspace(0.0, 1.0, nb)) if fg.size else np.linspace(0.02, 1.0, nb)
+        knots_np = np.unique(np.concatenate([[0.0], qs]))
+        p["_cr_edges"] = knots_np[1:-1]
+        cr_knots = torch.from_numpy(knots_np.astype(np.float64))
+
     if init == "center":
         M0 = center_init(moving.with_array(mov), fixed.with_array(fix)) @ M0
     levels = list(p["levels_mm"])
@@ -659,6 +834,8 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
     t1 = time.perf_counter()
     c_world_of = lambda M: geometry.apply(M, moving.center_world()[None])[0]  # noqa: E731
     def _refine(M_start, lvl, c, iters_, torch_, dev_):
+        if p["similarity"] == "cr":
+            return _refine_lm_cr(M_start, lvl, c, iters_, cr_knots, torch_)
         if p["optimizer"] == "lm":
             return _refine_lm(M_start, lvl, c, iters_, torch_)
         return _refine_lbfgs(M_start, lvl, c, iters_, torch_, dev_)
@@ -691,7 +868,79 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
                     "levels_mm": [float(v) for v in levels], "success_threshold_ncc": float(p["success_ncc"]),
                     "device": str(dev), "seconds": {k: round(v, 4) for k, v in timings.items()}})
     ok = bool(np.isfinite(ncc) and ncc >= float(p["success_ncc"]))
-    return RegistrationResult(moving_to_fixed=M, method="ours", metric=float(ncc), success=ok, details=details)
+    return RegistrationResult(moving_to_fixed=M, method="search-ncc", metric=float(ncc), success=ok, details=details)
+
+
+# ============================================================================ search-cr (default)
+
+#: search-cr's success rule: the forward (coronal -> axial) and backward (axial -> coronal) registrations,
+#: each with its own global search and its own direction of the correlation ratio, must agree to within
+#: this mean distance (mm) over the overlap. Calibrated in benchmarks/results/real_calibration/.
+SEARCH_CR_CONSISTENCY_MM = 2.0
+SEARCH_CR_DEFAULTS = dict(
+    OURS_DEFAULTS,
+    similarity="cr",
+    search_feature="gradmag",    # the FFT search compares gradient magnitudes (contrast-independent edges)
+    fixed_mask_frac=0.0,         # every fixed voxel counts (the head outline against the background)
+    cr_bins=16,
+    success_ncc=0.0,             # not used: success comes from the consistency check
+)
+SEARCH_CR_DEFAULTS["consistency"] = True          # run the backward registration as well
+SEARCH_CR_DEFAULTS["consistency_mm"] = SEARCH_CR_CONSISTENCY_MM
+
+
+def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward: np.ndarray) -> float:
+    """Mean distance (mm, fixed world) between where ``forward`` (moving->fixed) and ``inv(backward)``
+    (backward: fixed->moving) put the moving stack's signal voxels that fall inside the fixed stack."""
+    from .metrics import overlap_points
+    pts = overlap_points(moving, fixed, forward, max_points=4000)
+    if not len(pts):
+        return float("inf")
+    a = geometry.apply(forward, pts)
+    b = geometry.apply(np.linalg.inv(backward), pts)
+    return float(np.linalg.norm(a - b, axis=1).mean())
+
+
+def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = None, progress=None,
+                       device: str = "cpu", seed: int = 0) -> RegistrationResult:
+    """The default: global FFT search on gradient magnitudes, then Levenberg-Marquardt on the
+    correlation ratio, on the original ceT1 against the T2 (no translator needed). With
+    ``consistency`` the same is run backward (axial -> coronal, the other direction of the ratio) and
+    the result counts as successful only when both agree (:data:`SEARCH_CR_CONSISTENCY_MM`)."""
+    p = dict(SEARCH_CR_DEFAULTS)
+    p.update(params or {})
+    unknown = set(p) - set(SEARCH_CR_DEFAULTS) - {"initial_transform"}
+    if unknown:
+        raise InputError(f"unknown parameter(s) for method 'search-cr': {', '.join(sorted(unknown))}")
+    check = bool(p.pop("consistency"))
+    tol = float(p.pop("consistency_mm"))
+    t0 = time.perf_counter()
+    fwd = register_ours(moving, fixed, params=dict(p), progress=progress, device=device, seed=seed)
+    details = dict(fwd.details)
+    details["similarity"] = "correlation ratio (fixed given moving), search on gradient magnitude"
+    success = None
+    if check:
+        # the backward run only has to land in the same basin: its coarsest level is enough
+        pb = dict(p, levels_mm=tuple(p["levels_mm"])[:1], iterations=tuple(p["iterations"])[:1],
+                  max_points=tuple(p["max_points"])[:1])
+        if pb["init"] == "header":          # the check always runs its own global search
+            pb["init"] = "search"
+        if pb.get("initial_transform") is not None:
+            pb["initial_transform"] = np.linalg.inv(np.asarray(pb["initial_transform"], dtype=np.float64))
+        # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
+        # finest level samples it at 4 mm: the native 0.5 mm grid only costs time)
+        fixed_1mm = block_mean(fixed, level_factors(fixed, 1.0))
+        bwd = register_ours(fixed_1mm, moving, params=pb, progress=None, device=device, seed=seed + 1)
+        d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+        details["consistency"] = {"mm": d, "threshold_mm": tol, "backward_metric": float(bwd.metric),
+                                  "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist()}
+        success = bool(np.isfinite(d) and d <= tol)
+    else:
+        details["consistency"] = None
+        details["success_note"] = "no consistency check was run (consistency=False): success is unknown"
+    details["seconds"] = dict(details.get("seconds", {}), total=round(time.perf_counter() - t0, 4))
+    return RegistrationResult(moving_to_fixed=fwd.moving_to_fixed, method="search-cr", metric=float(fwd.metric),
+                              success=success, details=details)
 
 
 def _distinct(cands, k: int, min_mm: float = 6.0, min_deg: float = 5.0):

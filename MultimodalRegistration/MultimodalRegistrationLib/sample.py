@@ -127,7 +127,7 @@ def evaluate_output(out_dir, folder: Path | None = None) -> dict:
     return res
 
 
-def run_demo(out_dir, method: str = "ours", translator: str = "default", progress=None) -> int:
+def run_demo(out_dir, method: str = "search-cr", translator: str = "default", progress=None) -> int:
     from .pipeline import Params, run_case
 
     p = sample_paths()

@@ -313,11 +313,27 @@ def _normalise(vol: Volume) -> Volume:
     return vol.with_array(np.clip(arr / hi, 0, 1.5) * 1000.0)
 
 
+#: Other co-registered real T1/T2 pairs of ``../shared/data``: folder, T1 file, T2 file (no labels).
+#: ``stroke``: one chronic-stroke patient (3 T, MIT licence), a non-enhanced T1: another disease and scanner.
+OTHER_SOURCES = {
+    "stroke": ("stroke", "T1.nii.gz", "T2.nii.gz"),
+}
+#: Every source name :func:`load_brats_source` accepts.
+ALL_SOURCES = tuple(BRATS_CASES) + tuple(OTHER_SOURCES)
+
+
 def load_brats_source(name: str, data_root: str | os.PathLike | None = None) -> SourceCase:
-    """One of the co-registered BraTS/TCIA ceT1/T2 cases of ``../shared/data`` (intensities scaled to ~0..1000)."""
-    if name not in BRATS_CASES:
-        raise InputError(f"unknown source case {name!r}; choose from {sorted(BRATS_CASES)}")
+    """One of the co-registered real T1(ce)/T2 pairs of ``../shared/data`` (intensities scaled to ~0..1000):
+    the BraTS/TCIA cases of :data:`BRATS_CASES` or one of :data:`OTHER_SOURCES`."""
     root = Path(data_root) if data_root else default_data_root()
+    if name in OTHER_SOURCES:
+        sub, t1, t2 = OTHER_SOURCES[name]
+        d = root / sub
+        if not d.exists():
+            raise InputError(f"source data folder {d} not found (set MMREG_DATA)")
+        return SourceCase(name=name, cet1=_normalise(load_volume(d / t1)), t2=_normalise(load_volume(d / t2)))
+    if name not in BRATS_CASES:
+        raise InputError(f"unknown source case {name!r}; choose from {sorted(ALL_SOURCES)}")
     sub, seg = BRATS_CASES[name]
     d = root / sub
     if not d.exists():
