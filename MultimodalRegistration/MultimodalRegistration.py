@@ -959,13 +959,13 @@ class MultimodalRegistrationTest(ScriptedLoadableModuleTest):
     Cancel leaves the scene unchanged.
     """
 
-    # A correct run on the sample case measured mean TRE 0.55 mm, max 1.26 mm and Dice 0.86-0.90 (the
-    # ground-truth transform itself gives 0.80-0.92 with nearest neighbour). The limits leave about
-    # about 2x margin on the measured TRE, and fail a run whose labels overlap the other stack's
-    # own labels less than the ground-truth transform's worst label does (0.80).
-    MAX_MEAN_TRE_MM = 1.0
-    MAX_TRE_MM = 2.0
-    MIN_DICE = 0.8
+    # Measured with these formulas on a correct run of the sample case (default method,
+    # benchmarks/results/slicer_selftest_sample): TRE at the corners and centre mean 1.22 mm, max
+    # 1.58 mm; Dice per label 0.76-0.90, where the ground-truth transform itself scores 0.77-0.92.
+    # The limits leave about 1.6x and 1.9x on the TRE and 0.06 on the Dice.
+    MAX_MEAN_TRE_MM = 2.0
+    MAX_TRE_MM = 3.0
+    MIN_DICE = 0.7
     TIMEOUT_S = 1800
 
     def setUp(self):
