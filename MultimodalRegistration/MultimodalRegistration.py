@@ -73,6 +73,8 @@ from MultimodalRegistrationLib.slicer_support import (
     missing_requirements,
     read_requirements,
     read_transform_json,
+    resample_labels_nearest,
+    same_grid,
     subset_curve,
     tre_mm,
 )
@@ -112,8 +114,11 @@ class MultimodalRegistration(ScriptedLoadableModule):
 Registers a coronal contrast-enhanced T1 (ceT1) MRI stack to an axial T2 stack of the same patient.
 A NICE-GAN first converts the ceT1 slices to synthetic T2, then the slice subsets are registered
 rigidly to the axial stack; label maps or segmentations drawn on either stack are carried to the other.
-The result is a linear transform (coronal to axial), the coronal volume placed under it, the synthetic T2,
-the transferred segmentations and the per-subset MSE curve.
+The result is a linear transform (coronal to axial), the coronal volume placed under it, the synthetic T2
+and the transferred segmentations; the Paper method also gives its per-subset MSE curve (a plot).
+The results line names the final metric (NCC for the default method, negative Mattes MI after its MI
+refinement and for the MI baseline, MSE for the Paper method) and whether it is within the core's success
+threshold.
 See the <a href="https://github.com/MultimodalRegistration/SlicerMultimodalRegistration#3d-slicer">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -355,7 +360,7 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         """Offer to install the packages the core needs; return False if they are still missing.
 
         Pinned requirements come from Resources/requirements.txt; ``slicer.packaging.pip_ensure``
-        (or ``slicer.pydeps.pip_ensure``) asks the user itself, ``slicer.util.pip_install`` is only
+        (Slicer >= 5.12) asks the user itself; on older Slicer ``slicer.util.pip_install`` is only
         called after an explicit confirmation. torch comes from the PyTorch extension.
         """
         requirementsPath = self.resourcePath("requirements.txt")
@@ -408,16 +413,12 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
 
 def _findPipEnsure():
-    """``pip_ensure`` of this Slicer (slicer.packaging >= 5.12, slicer.pydeps in 5.11), or None."""
-    for moduleName in ("slicer.packaging", "slicer.pydeps"):
-        try:
-            module = __import__(moduleName, fromlist=["pip_ensure"])
-        except ImportError:
-            continue
-        function = getattr(module, "pip_ensure", None)
-        if function is not None:
-            return function
-    return None
+    """``slicer.packaging.pip_ensure`` (Slicer >= 5.12), or None on older Slicer."""
+    try:
+        from slicer import packaging
+    except ImportError:
+        return None
+    return getattr(packaging, "pip_ensure", None)
 
 
 def _nodeIDs() -> set:
@@ -580,9 +581,15 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
             storageNode.UnRegister(None)
 
     def _writeLabels(self, labelsNode, referenceVolume, path):
-        """Write a label map volume or a segmentation (on the reference volume's grid) to NIfTI.
-        Returns what is needed to name the transferred segments: a color node ID, or a list of
-        (label value, name, rgb) for a segmentation."""
+        """Write a label map volume or a segmentation to NIfTI on the reference volume's grid, in the
+        reference volume's own frame (the frame it is exported in), whatever transforms exist.
+
+        Labels count as drawn on their image: a label map volume's voxels and a segmentation's
+        coordinates are taken relative to the image's own coordinates, and parent transforms of
+        either node are not applied (the transform a previous run put the coronal volume under
+        must not shift its labels). A label map volume on another grid is resampled onto the image
+        grid (nearest neighbour, values kept). Returns what is needed to name the transferred
+        segments: a color node ID, or a list of (label value, name, rgb) for a segmentation."""
         if labelsNode.IsA("vtkMRMLSegmentationNode"):
             segmentation = labelsNode.GetSegmentation()
             segmentIds = vtk.vtkStringArray()
@@ -594,19 +601,49 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
                 colors.append((index + 1, segment.GetName(), tuple(segment.GetColor())))
             before = _nodeIDs()
             try:
+                # ExportSegmentsToLabelmapNode resamples through the transform between the parents
+                # of the segmentation and of the reference (GenerateMergedLabelmapInReferenceGeometry).
+                # A stand-in reference with the image's grid, under the segmentation's own parent,
+                # makes that transform the identity without touching the user's nodes.
+                reference = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "__mmreg_reference")
+                reference.CopyOrientation(referenceVolume)
+                reference.SetAndObserveImageData(referenceVolume.GetImageData())
+                segmentationParent = labelsNode.GetParentTransformNode()
+                reference.SetAndObserveTransformNodeID(segmentationParent.GetID() if segmentationParent else None)
                 labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__mmreg_export")
                 ok = slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                    labelsNode, segmentIds, labelmapNode, referenceVolume)
+                    labelsNode, segmentIds, labelmapNode, reference)
                 if not ok:
                     raise RuntimeError(_("Could not export segmentation {name}").format(name=labelsNode.GetName()))
                 self._writeVolume(labelmapNode, path)
             finally:
-                # the temporary labelmap and the color table the export may have made
+                # the stand-in reference, the temporary labelmap and the color table the export made
                 removeNodesAddedSince(before)
             return {"segments": colors}
-        self._writeVolume(labelsNode, path)
         displayNode = labelsNode.GetDisplayNode()
-        return {"colorNodeID": displayNode.GetColorNodeID() if displayNode else None}
+        colors = {"colorNodeID": displayNode.GetColorNodeID() if displayNode else None}
+        labelsMatrix, referenceMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        labelsNode.GetIJKToRASMatrix(labelsMatrix)
+        referenceVolume.GetIJKToRASMatrix(referenceMatrix)
+        labelsShape = labelsNode.GetImageData().GetDimensions()
+        referenceShape = referenceVolume.GetImageData().GetDimensions()
+        labelsRows, referenceRows = self.rowsFromVtkMatrix(labelsMatrix), self.rowsFromVtkMatrix(referenceMatrix)
+        if same_grid(labelsShape, labelsRows, referenceShape, referenceRows):
+            self._writeVolume(labelsNode, path)
+            return colors
+        logging.info("MultimodalRegistration: %s is not on the grid of %s; resampling it (nearest neighbour)",
+                     labelsNode.GetName(), referenceVolume.GetName())
+        resampled = resample_labels_nearest(slicer.util.arrayFromVolume(labelsNode), labelsRows,
+                                            referenceShape, referenceRows)
+        before = _nodeIDs()
+        try:
+            labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__mmreg_resampled")
+            labelmapNode.CopyOrientation(referenceVolume)
+            slicer.util.updateVolumeFromArray(labelmapNode, resampled)
+            self._writeVolume(labelmapNode, path)
+        finally:
+            removeNodesAddedSince(before)
+        return colors
 
     # -- run ---------------------------------------------------------------------------------
     def startRegistration(self, coronalVolume, axialVolume, coronalLabels=None, axialLabels=None,
@@ -775,11 +812,20 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
         newNode.SetAttribute(ATTR_KEY, key)
         return newNode
 
-    def _loadSegmentation(self, path, role, key, name, referenceVolume, colors):
+    def _loadSegmentation(self, path, role, key, name, referenceVolume, colors, parentTransformNode=None):
+        """Load a label map file (on ``referenceVolume``'s grid) as the segmentation of ``role`` and
+        put it under ``parentTransformNode``, the parent of ``referenceVolume`` after this run.
+
+        ImportLabelmapToSegmentationNode maps the labelmap into the segmentation's own frame through
+        both nodes' parent transforms ("Apply parent transforms if any" in
+        vtkSlicerSegmentationsModuleLogic.cxx). The segmentation a previous run left under the result
+        transform is therefore detached first (the loaded labelmap has no parent), so the labels keep
+        the file's coordinates, and placed under its parent afterwards."""
         before = _nodeIDs()
         segmentationNode = None
         labelmapNode = slicer.util.loadLabelVolume(str(path), properties={"show": False})
         try:
+            labelmapNode.SetAndObserveTransformNodeID(None)
             colors = colors or {}
             if colors.get("segments"):
                 temporaryColorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "__mmreg_colors")
@@ -792,11 +838,14 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
             elif colors.get("colorNodeID"):
                 labelmapNode.GetDisplayNode().SetAndObserveColorNodeID(colors["colorNodeID"])
             segmentationNode = self._outputNode("vtkMRMLSegmentationNode", role, key, name)
+            segmentationNode.SetAndObserveTransformNodeID(None)
             segmentationNode.GetSegmentation().RemoveAllSegments()
             segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
             if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode):
                 raise OutputError(f"could not import {Path(path).name} as a segmentation")
+            segmentationNode.SetAndObserveTransformNodeID(parentTransformNode.GetID() if parentTransformNode else None)
+            # now under the same parent as the reference volume, so the geometry is taken as it is
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
             displayNode = segmentationNode.GetDisplayNode()
             displayNode.SetVisibility2DFill(False)
             displayNode.SetVisibility2DOutline(True)
@@ -840,17 +889,15 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
         nodes["synthT2"] = synth
 
         if hasCoronalLabels:
-            seg = self._loadSegmentation(out / OUTPUT_FILES["coronal_labels_on_axial"], "coronalLabelsOnAxial", key,
-                                         f"{task.inputs['coronal_labels'].GetName()} on {axial.GetName()}",
-                                         axial, task.labelColors.get("coronal"))
-            seg.SetAndObserveTransformNodeID(axialParent.GetID() if axialParent else None)
-            nodes["coronalLabelsOnAxial"] = seg
+            nodes["coronalLabelsOnAxial"] = self._loadSegmentation(
+                out / OUTPUT_FILES["coronal_labels_on_axial"], "coronalLabelsOnAxial", key,
+                f"{task.inputs['coronal_labels'].GetName()} on {axial.GetName()}",
+                axial, task.labelColors.get("coronal"), parentTransformNode=axialParent)
         if hasAxialLabels:
-            seg = self._loadSegmentation(out / OUTPUT_FILES["axial_labels_on_coronal"], "axialLabelsOnCoronal", key,
-                                         f"{task.inputs['axial_labels'].GetName()} on {coronal.GetName()}",
-                                         coronal, task.labelColors.get("axial"))
-            seg.SetAndObserveTransformNodeID(transformNode.GetID())  # on the coronal grid
-            nodes["axialLabelsOnCoronal"] = seg
+            nodes["axialLabelsOnCoronal"] = self._loadSegmentation(
+                out / OUTPUT_FILES["axial_labels_on_coronal"], "axialLabelsOnCoronal", key,
+                f"{task.inputs['axial_labels'].GetName()} on {coronal.GetName()}",
+                coronal, task.labelColors.get("axial"), parentTransformNode=transformNode)  # on the coronal grid
 
         xs, ys = subset_curve(result)
         if xs:
@@ -912,9 +959,13 @@ class MultimodalRegistrationTest(ScriptedLoadableModuleTest):
     Cancel leaves the scene unchanged.
     """
 
-    MAX_MEAN_TRE_MM = 3.0
-    MAX_TRE_MM = 6.0
-    MIN_DICE = 0.5  # the ground-truth transform itself gives 0.80-0.92 (nearest neighbour) on the sample
+    # Measured with these formulas on a correct run of the sample case (default method,
+    # benchmarks/results/slicer_selftest_sample): TRE at the corners and centre mean 1.22 mm, max
+    # 1.58 mm; Dice per label 0.76-0.90, where the ground-truth transform itself scores 0.77-0.92.
+    # The limits leave about 1.6x and 1.9x on the TRE and 0.06 on the Dice.
+    MAX_MEAN_TRE_MM = 2.0
+    MAX_TRE_MM = 3.0
+    MIN_DICE = 0.7
     TIMEOUT_S = 1800
 
     def setUp(self):

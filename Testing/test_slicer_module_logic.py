@@ -1,6 +1,7 @@
 """The module's Logic driven outside Slicer: start, progress, finish, failure and cancel.
 
-``slicer``/``vtk``/``qt`` are stand-ins (Testing/fake_slicer.py) and ``PythonSlicer`` is a small
+``slicer``/``vtk``/``qt`` are the strict stand-ins of Testing/fake_slicer.py (inputs are exported
+through the stand-in storage node as real NIfTI files) and ``PythonSlicer`` is a small
 script put first on PATH that behaves like the core's CLI (progress lines on stderr, outputs in
 ``--out``), so the real ``startRegistration`` -> child process -> ``_poll`` -> ``_finish`` path of
 MultimodalRegistration.py runs, with the scene import replaced by a recorder.
@@ -15,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake PythonSlicer is a POSIX script")
@@ -65,27 +67,23 @@ def module(monkeypatch, tmp_path):
     return load_module()
 
 
-class Node:
-    def __init__(self, name):
-        self.name = name
+def _volumes(module, labels=False):
+    """A coronal and an axial volume (and a coronal label map) in the stand-in scene."""
+    import slicer
 
-    def GetName(self):
-        return self.name
-
-    def GetImageData(self):
-        return object()
-
-    def GetID(self):
-        return "vtkMRMLScalarVolumeNode_" + self.name
-
-    def IsA(self, cls):
-        return cls == "vtkMRMLLabelMapVolumeNode" and self.name.endswith("labels")
-
-    def GetDisplayNode(self):
-        return None
+    scene = slicer.mrmlScene
+    cor = scene._volume("vtkMRMLScalarVolumeNode", "cor", np.ones((4, 5, 6), np.float32), np.diag([1.0, 1.0, 3.0, 1.0]))
+    ax = scene._volume("vtkMRMLScalarVolumeNode", "ax", np.ones((4, 5, 6), np.float32), np.diag([1.0, 1.0, 3.0, 1.0]))
+    if not labels:
+        return cor, ax
+    lab = scene._volume("vtkMRMLLabelMapVolumeNode", "cor labels", np.ones((4, 5, 6), np.int16),
+                        np.diag([1.0, 1.0, 3.0, 1.0]))
+    return cor, ax, lab
 
 
 def _run(module, tmp_path, monkeypatch, mode, cancel_after_first_progress=False, import_error=None, **kwargs):
+    from fake_slicer import fire_timers
+
     monkeypatch.setenv("FAKE_MODE", mode)
     logic = module.MultimodalRegistrationLogic()
     imported, progress, completed = [], [], []
@@ -98,14 +96,17 @@ def _run(module, tmp_path, monkeypatch, mode, cancel_after_first_progress=False,
         return {}
 
     monkeypatch.setattr(logic, "importResults", fake_import)
-    task = logic.startRegistration(Node("cor"), Node("ax"), workDir=tmp_path / "work",
+    if kwargs.get("coronalLabels") == "labels":
+        cor, ax, kwargs["coronalLabels"] = _volumes(module, labels=True)
+    else:
+        cor, ax = _volumes(module)
+    task = logic.startRegistration(cor, ax, workDir=tmp_path / "work",
                                    progressCallback=lambda t: progress.append(t.tracker.percent),
                                    completedCallback=lambda t: completed.append(t.status), **kwargs)
     assert task.timer.active and task.timer.interval == logic.POLL_INTERVAL_MS
     deadline = time.monotonic() + 30
     while task.running and time.monotonic() < deadline:
-        for callback in task.timer.callbacks:  # what the QTimer would do
-            callback()
+        fire_timers()  # what Qt's event loop would do
         if cancel_after_first_progress and progress:
             logic.cancel(task)
         time.sleep(0.02)
@@ -116,7 +117,7 @@ def _run(module, tmp_path, monkeypatch, mode, cancel_after_first_progress=False,
 
 
 def test_success_runs_the_cli_with_the_module_dir_on_pythonpath(module, tmp_path, monkeypatch):
-    logic, task, imported, progress = _run(module, tmp_path, monkeypatch, "ok", coronalLabels=Node("cor labels"),
+    logic, task, imported, progress = _run(module, tmp_path, monkeypatch, "ok", coronalLabels="labels",
                                            method=module.Method.PAPER, device=module.Device.CPU, seed=3)
     assert task.status == "completed", task.error
     assert imported == [task]
@@ -166,9 +167,9 @@ def test_cancel_stops_the_child_and_imports_nothing(module, tmp_path, monkeypatc
 
 def test_invalid_method_parameters_are_refused_before_anything_runs(module, tmp_path, monkeypatch):
     logic = module.MultimodalRegistrationLogic()
+    cor, ax = _volumes(module)
     with pytest.raises(ValueError):
-        logic.startRegistration(Node("cor"), Node("ax"), workDir=tmp_path / "work", methodParameters="lr0")
+        logic.startRegistration(cor, ax, workDir=tmp_path / "work", methodParameters="lr0")
     assert not (tmp_path / "work" / "inputs").exists()
     with pytest.raises(ValueError):
-        n = Node("same")
-        logic.startRegistration(n, n, workDir=tmp_path / "work")
+        logic.startRegistration(cor, cor, workDir=tmp_path / "work")

@@ -292,46 +292,93 @@ def _node_classes(annotation: str) -> list:
     return [c for c in re.findall(r"vtkMRML\w+", annotation)]
 
 
-def test_bound_widgets_fit_their_parameter_types_and_defaults():
+#: Widget classes that Slicer 5.6's parameterNodeWrapper (Base/Python/slicer/parameterNodeWrapper/
+#: guiConnectors.py) connects to each parameter type. Its connectors match the widget's class exactly
+#: (``type(widget) == qt.QCheckBox``, ``type(widget) in (qt.QSlider, qt.QSpinBox)``), so a subclass such
+#: as ctkCheckBox or ctkDoubleSpinBox does not bind (those connectors came in Slicer 5.8). A QSlider
+#: (int) or ctkSliderWidget (float) needs a WithinRange (or Minimum and Maximum) annotation, or
+#: connectGui raises. qMRMLSliderWidget is left out because the float connector of the source
+#: checked lists only QDoubleSpinBox and ctkSliderWidget.
+SLICER_5_6_CONNECTORS = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "enum": {"QComboBox"},
+    "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
+}
+NEEDS_BOUNDS = {"QSlider", "ctkSliderWidget"}
+
+
+def test_the_connector_rules_are_those_of_the_oldest_slicer_promised():
+    """The rules above model Slicer 5.6; the docs must promise no older Slicer than that."""
+    for doc in (ROOT / "docs" / "SLICER.md", ROOT / "README.md"):
+        promised = re.findall(r"needs 3D Slicer\s+(\d+\.\d+) or newer", doc.read_text(encoding="utf-8"))
+        assert promised == ["5.6"], f"{doc.name} promises Slicer {promised}; check the connector rules for it"
+
+
+def _param_kind(annotation: str):
+    from MultimodalRegistrationLib import slicer_support
+
+    base = re.sub(r"Annotated\[(\w+),.*\]$", r"\1", annotation)
+    if "vtkMRML" in annotation:
+        return "node", base
+    candidate = getattr(slicer_support, base, None)
+    if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
+        return "enum", base
+    if base in ("Path", "pathlib.Path"):
+        return "path", base
+    return base, base
+
+
+def test_bound_widgets_bind_on_slicer_5_6_with_the_defaults_shown():
     from MultimodalRegistrationLib import slicer_support
 
     fields, bindings = _param_fields(), _bindings()
     for field, (annotation, default) in fields.items():
         (name, cls, props, element), = bindings[field]
-        base = re.sub(r"Annotated\[(\w+),.*\]$", r"\1", annotation)
-        if "vtkMRML" in annotation:
-            assert cls == "qMRMLNodeComboBox", field
+        kind, base = _param_kind(annotation)
+        assert kind in SLICER_5_6_CONNECTORS, f"no Slicer 5.6 connector for parameter {field}: {annotation}"
+        assert cls in SLICER_5_6_CONNECTORS[kind], \
+            f"{field} ({kind}) is bound to a {cls}; Slicer 5.6 binds only {sorted(SLICER_5_6_CONNECTORS[kind])}"
+        bounded = re.search(r"WithinRange\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)", annotation)
+        if cls in NEEDS_BOUNDS:
+            assert bounded, f"{field}: a {cls} binds only to a bounded parameter (WithinRange)"
+        if kind == "node":
             types_ = [s.text for s in props["nodeTypes"].iter("string")]
             assert types_ == _node_classes(annotation), f"{field}: nodeTypes {types_} != {annotation}"
             none_enabled = props.get("noneEnabled") is not None and props["noneEnabled"].findtext("bool") == "true"
             assert none_enabled == ("None" in annotation), f"{field}: noneEnabled must match Optional"
-        elif isinstance(getattr(slicer_support, base, None), type) and issubclass(getattr(slicer_support, base), enum.Enum):
+        elif kind == "enum":
             enum_cls = getattr(slicer_support, base)
-            assert cls == "QComboBox", field
             items = [i.find("property").findtext("string") for i in element.findall("item")]
             assert items == [m.label() for m in enum_cls], f"{field}: combo items differ from {base} labels"
             if default:
                 member = default.split(".")[-1]
                 current = int(props["currentIndex"].findtext("number")) if "currentIndex" in props else 0
                 assert list(enum_cls.__members__).index(member) == current, f"{field}: default not selected"
-        elif base == "bool":
-            assert cls in ("QCheckBox", "ctkCheckBox"), field
+        elif kind == "bool":
             checked = props.get("checked") is not None and props["checked"].findtext("bool") == "true"
             assert checked == (default == "True"), f"{field}: .ui checked state differs from the default"
-        elif base == "int":
-            assert cls in ("QSpinBox", "QSlider"), field
+        elif kind == "int":
             value = int(props["value"].findtext("number")) if "value" in props else 0
             assert value == int(default or 0), field
-        elif base == "float":
-            assert cls in ("QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox"), field
-        elif base == "str":
-            assert cls in ("QLineEdit", "QTextEdit"), field
+            if bounded:  # the connector sets the range from the annotation; the .ui shows the same
+                lo = int(props["minimum"].findtext("number")) if "minimum" in props else 0
+                hi = int(props["maximum"].findtext("number")) if "maximum" in props else 99
+                assert (lo, hi) == (int(bounded.group(1)), int(bounded.group(2))), f"{field}: .ui range"
+                assert lo <= int(default or 0) <= hi, f"{field}: default outside its range"
+        elif kind == "str":
             text = props["text"].findtext("string") if "text" in props else ""
             assert (text or "") == ast.literal_eval(default or "''"), field
-        elif base in ("Path", "pathlib.Path"):
-            assert cls in ("ctkPathLineEdit", "ctkDirectoryButton"), field
-        else:
-            pytest.fail(f"no widget rule for parameter {field}: {annotation}")
+
+
+def test_the_binding_check_refuses_what_slicer_5_6_refuses():
+    """The rule table itself: the widgets the issue found accepted before must not pass."""
+    assert "ctkCheckBox" not in SLICER_5_6_CONNECTORS["bool"]
+    assert "ctkDoubleSpinBox" not in SLICER_5_6_CONNECTORS["float"]
+    assert "QSlider" in NEEDS_BOUNDS and "QSpinBox" not in NEEDS_BOUNDS
 
 
 def test_node_selectors_get_the_scene():

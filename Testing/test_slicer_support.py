@@ -255,11 +255,16 @@ def test_read_transform_json_accepts_contract(tmp_path):
     assert data["moving_to_fixed_ras"] == np.eye(4).tolist()
     assert ss.subset_curve(data) == ([0, 1, 3], [0.3, 0.2, 0.1])
     line = ss.format_metrics(data)
-    assert "final metric 0.1" in line and "success" in line and "3.0 s" in line and "subset 4" in line
-    assert ss.format_metrics(dict(GOOD, method="paper")).startswith("final MSE 0.1 |")
-    assert ss.format_metrics(dict(GOOD, method="mi")).startswith("final MI (Mattes) 0.1 |")
-    assert ss.format_metrics(dict(GOOD, metric_name="NCC")).startswith("final NCC 0.1 |")
-    assert "NOT" in ss.format_metrics(dict(GOOD, success=False))
+    assert line.startswith("final NCC 0.1 | metric within the success threshold |"), line
+    assert "3.0 s" in line and "subset 4" in line and "converged" not in line
+    # every method the core reports has a metric name (no bare "metric")
+    for method, name in (("ours", "NCC"), ("ours+mi-polish", "negative Mattes MI"), ("paper", "MSE"),
+                         ("mi", "negative Mattes MI")):
+        assert ss.format_metrics(dict(GOOD, method=method)).startswith(f"final {name} 0.1 |"), method
+    assert ss.format_metrics(dict(GOOD, method="elastix")).startswith("final metric 0.1 |")
+    assert ss.format_metrics(dict(GOOD, metric_name="Dice")).startswith("final Dice 0.1 |")
+    flagged_line = ss.format_metrics(dict(GOOD, success=False))
+    assert "outside the success threshold" in flagged_line and "converged" not in flagged_line
     assert ss.completion_status(data, 12.4) == "Done in 12 s."
     flagged = ss.completion_status(dict(GOOD, success=False, translator_note="no checkpoint"), 3)
     assert "unsuccessful" in flagged and flagged.endswith("no checkpoint")

@@ -13,7 +13,10 @@ Writes ``Resources/Screenshots/panel.png`` (Advanced collapsed, as in Slicer),
 ``Resources/Screenshots/results.png`` for the README and the Extensions Index.
 
 The CTK/qMRML classes are replaced by the stand-ins of ``Testing/slicer_stubs.py``; node selectors
-show the names the bundled sample case gets in the scene.
+show the names the bundled sample case gets in the scene. The pictures are therefore PySide6 renders
+with stand-in widgets, not captures of 3D Slicer, and must be captioned so wherever they are shown
+(docs/SLICER.md, README.md, the screenshot list in CMakeLists.txt). ``results.png`` is the core's own
+``report.png`` (matplotlib), not a Slicer capture either.
 """
 from __future__ import annotations
 
