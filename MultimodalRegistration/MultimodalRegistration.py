@@ -192,7 +192,7 @@ class MultimodalRegistrationParameterNode:
     axialVolume: vtkMRMLScalarVolumeNode
     coronalLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     axialLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
-    method: Method = Method.OURS
+    method: Method = Method.SEARCH_CR
     methodParameters: str = ""
     translator: Translator = Translator.DEFAULT
     translatorFile: Path
@@ -647,7 +647,7 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- run ---------------------------------------------------------------------------------
     def startRegistration(self, coronalVolume, axialVolume, coronalLabels=None, axialLabels=None,
-                          method=Method.OURS, methodParameters="", translator=Translator.DEFAULT,
+                          method=Method.SEARCH_CR, methodParameters="", translator=Translator.DEFAULT,
                           translatorFile=None, device=Device.AUTO, labelMode=LabelMode.LINEAR, seed=0,
                           keepIntermediateFiles=False,
                           showResults=True, showPlot=False, progressCallback=None,

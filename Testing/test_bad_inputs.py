@@ -352,3 +352,42 @@ def test_real_axial_stack_given_as_coronal(tmp_path, capsys, case):
     err = _assert_refused(tmp_path, capsys, case, "axial slices", coronal=src)
     assert "--force-orientation" in err
     assert {str(src): (hashlib.sha256(src.read_bytes()).hexdigest(), src.stat().st_mtime_ns)} == before
+
+
+def test_qform_sform_disagreement_and_shear_warn_and_reach_the_report(tmp_path):
+    """A usable but suspicious header loads with a HeaderWarning that names the header used."""
+    import warnings
+
+    import nibabel as nib
+
+    from MultimodalRegistrationLib.volume import HeaderWarning, load_volume
+
+    arr = np.random.default_rng(0).random((20, 20, 8)).astype(np.float32)
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    img = nib.Nifti1Image(arr, aff)
+    q = aff.copy()
+    q[:3, 3] += [20.0, 0.0, 0.0]
+    img.set_qform(q, code=1)
+    img.set_sform(aff, code=1)
+    p = tmp_path / "disagree.nii.gz"
+    nib.save(img, str(p))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        v = load_volume(p)
+    msgs = [str(w.message) for w in got if issubclass(w.category, HeaderWarning)]
+    assert len(msgs) == 1 and "20.0 mm" in msgs[0] and "the sform was used" in msgs[0]
+    assert np.allclose(v.affine, aff)
+    sheared = aff.copy()
+    sheared[0, 1] = 0.2
+    img2 = nib.Nifti1Image(arr, sheared)
+    p2 = tmp_path / "shear.nii.gz"
+    nib.save(img2, str(p2))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        load_volume(p2)
+    assert any("shear" in str(w.message) for w in got if issubclass(w.category, HeaderWarning))
+    with warnings.catch_warnings(record=True) as got:       # a clean header: no warning
+        warnings.simplefilter("always")
+        nib.save(nib.Nifti1Image(arr, aff), str(tmp_path / "ok.nii.gz"))
+        load_volume(tmp_path / "ok.nii.gz")
+    assert not [w for w in got if issubclass(w.category, HeaderWarning)]

@@ -490,7 +490,7 @@ def test_core_cli_accepts_the_module_command(options):
     assert args.command == "register"
     assert (args.coronal, args.axial, args.out) == ("/t/c.nii.gz", "/t/a.nii.gz", "/t/out")
     assert args.progress == "json"
-    assert args.method == options.get("method", "ours")
+    assert args.method == options.get("method", "search-cr")
     assert args.device == options.get("device", "auto")
     assert args.coronal_labels == options.get("coronal_labels")
     assert args.axial_labels == options.get("axial_labels")

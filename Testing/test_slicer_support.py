@@ -22,7 +22,7 @@ def test_command_has_contract_flags_in_order():
     assert pairs["--coronal"] == "c.nii.gz"
     assert pairs["--axial"] == "a.nii.gz"
     assert pairs["--out"] == "/tmp/out"
-    assert pairs["--method"] == "ours"
+    assert pairs["--method"] == "search-cr"
     assert pairs["--translator"] == "default"
     assert pairs["--device"] == "auto"
     assert pairs["--progress"] == "json"
@@ -94,7 +94,7 @@ def test_child_environment_puts_module_dir_first():
 
 
 def test_enum_labels_are_distinct_and_values_match_cli():
-    assert [m.value for m in ss.Method] == ["ours", "paper", "mi"]
+    assert [m.value for m in ss.Method] == ["search-cr", "search-ncc", "paper", "mi"]
     assert [d.value for d in ss.Device] == ["auto", "cpu", "cuda"]
     for enum_cls in (ss.Method, ss.Translator, ss.Device):
         labels = [m.label() for m in enum_cls]

@@ -100,6 +100,22 @@ def register_mi(moving: Volume, fixed: Volume, *, params: dict | None = None, pr
     unknown = set(p) - set(MI_DEFAULTS)
     if unknown:
         raise InputError(f"unknown parameter(s) for method 'mi': {', '.join(sorted(unknown))}")
+    if not p["threads"]:
+        return _register_mi(moving, fixed, p, progress, seed)
+    # One thread count for every filter of the run (resampling and smoothing included): a per-method
+    # count on top of a different global default made the result depend on the thread split.
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(p["threads"]))
+    try:
+        return _register_mi(moving, fixed, p, progress, seed)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
+def _register_mi(moving: Volume, fixed: Volume, p: dict, progress, seed: int):
+    import SimpleITK as sitk
+    from .register import RegistrationResult
+
     t0 = time.perf_counter()
     fimg = volume_to_sitk(_normalised(fixed))
     mimg = volume_to_sitk(_normalised(moving))

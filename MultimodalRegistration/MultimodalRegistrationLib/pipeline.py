@@ -119,7 +119,13 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     timings = {}
     t0 = time.perf_counter()
     report(progress, "load", 0, 1)
-    cor, ax, cl, al = _load_inputs(coronal, axial, coronal_labels, axial_labels, params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cor, ax, cl, al = _load_inputs(coronal, axial, coronal_labels, axial_labels, params)
+    header_warnings = []
+    for w in caught:                     # shown to the caller as usual, and kept for report.json
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        header_warnings.append(str(w.message))
     translator, translator_note = _resolve_translator(params.translator, params.device)
     report(progress, "load", 1, 1)
     timings["load"] = time.perf_counter() - t0
@@ -218,6 +224,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
                          "subset_index": result.subset_index, "seconds": float(result.seconds),
                          "details": result.details},
         "geometry": {"coronal": _geom(cor), "axial": _geom(ax)},
+        "input_warnings": header_warnings,
         "fused_channels": list(FUSED_CHANNELS),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "total_seconds": round(seconds, 3),
@@ -253,7 +260,7 @@ def _polish(result, cor: Volume, ax: Volume, seed: int, progress):
     details["polish"]["success_threshold_mi"] = POLISH_SUCCESS_MI
     if r["moving_to_fixed"] is None:
         return replace(result, details=details)
-    return replace(result, moving_to_fixed=r["moving_to_fixed"], method="ours+mi-polish", metric=float(r["metric"]),
+    return replace(result, moving_to_fixed=r["moving_to_fixed"], method=f"{result.method}+mi-polish", metric=float(r["metric"]),
                    success=bool(r["metric"] <= POLISH_SUCCESS_MI), seconds=result.seconds + r["seconds"],
                    details=details)
 

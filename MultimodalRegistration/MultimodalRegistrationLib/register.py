@@ -887,6 +887,25 @@ SEARCH_CR_DEFAULTS = dict(
 )
 SEARCH_CR_DEFAULTS["consistency"] = True          # run the backward registration as well
 SEARCH_CR_DEFAULTS["consistency_mm"] = SEARCH_CR_CONSISTENCY_MM
+SEARCH_CR_DEFAULTS["symmetric"] = True            # consistent results: the rigid mean of both estimates
+
+
+def midpoint_transform(moving: Volume, fixed: Volume, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The rigid transform closest (least squares over the overlap) to the point-wise mean of the two
+    moving->fixed transforms ``A`` and ``B`` (Kabsch)."""
+    from .metrics import overlap_points
+    P = overlap_points(moving, fixed, A, max_points=4000)
+    if len(P) < 4:
+        return np.asarray(A, dtype=np.float64)
+    Q = 0.5 * (geometry.apply(A, P) + geometry.apply(B, P))
+    pc, qc = P.mean(0), Q.mean(0)
+    U, _, Vt = np.linalg.svd((P - pc).T @ (Q - qc))
+    d = np.sign(np.linalg.det(Vt.T @ U.T))
+    R = Vt.T @ np.diag([1.0, 1.0, d]) @ U.T
+    M = np.eye(4)
+    M[:3, :3] = R
+    M[:3, 3] = qc - R @ pc
+    return M
 
 
 def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward: np.ndarray) -> float:
@@ -913,16 +932,16 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
     if unknown:
         raise InputError(f"unknown parameter(s) for method 'search-cr': {', '.join(sorted(unknown))}")
     check = bool(p.pop("consistency"))
+    p.pop("symmetric", None)
     tol = float(p.pop("consistency_mm"))
     t0 = time.perf_counter()
     fwd = register_ours(moving, fixed, params=dict(p), progress=progress, device=device, seed=seed)
+    M = fwd.moving_to_fixed
     details = dict(fwd.details)
     details["similarity"] = "correlation ratio (fixed given moving), search on gradient magnitude"
     success = None
     if check:
-        # the backward run only has to land in the same basin: its coarsest level is enough
-        pb = dict(p, levels_mm=tuple(p["levels_mm"])[:1], iterations=tuple(p["iterations"])[:1],
-                  max_points=tuple(p["max_points"])[:1])
+        pb = dict(p)
         if pb["init"] == "header":          # the check always runs its own global search
             pb["init"] = "search"
         if pb.get("initial_transform") is not None:
@@ -933,13 +952,20 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
         bwd = register_ours(fixed_1mm, moving, params=pb, progress=None, device=device, seed=seed + 1)
         d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
         details["consistency"] = {"mm": d, "threshold_mm": tol, "backward_metric": float(bwd.metric),
-                                  "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist()}
+                                  "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist(),
+                                  "forward_moving_to_fixed_ras": np.asarray(fwd.moving_to_fixed).tolist()}
         success = bool(np.isfinite(d) and d <= tol)
+        if success and p.get("symmetric", True):
+            # two independent estimates that agree: their rigid mean halves the error variance
+            M = midpoint_transform(moving, fixed, fwd.moving_to_fixed, np.linalg.inv(bwd.moving_to_fixed))
+            details["result"] = "rigid mean of the forward and backward estimates"
+        else:
+            details["result"] = "forward estimate"
     else:
         details["consistency"] = None
         details["success_note"] = "no consistency check was run (consistency=False): success is unknown"
     details["seconds"] = dict(details.get("seconds", {}), total=round(time.perf_counter() - t0, 4))
-    return RegistrationResult(moving_to_fixed=fwd.moving_to_fixed, method="search-cr", metric=float(fwd.metric),
+    return RegistrationResult(moving_to_fixed=M, method="search-cr", metric=float(fwd.metric),
                               success=success, details=details)
 
 

@@ -76,13 +76,15 @@ SAMPLE_GROUND_TRUTH_KEY = "moving_to_fixed_ras"
 # ---------------------------------------------------------------------------------------------
 
 class Method(enum.Enum):
-    OURS = "ours"
+    SEARCH_CR = "search-cr"
+    SEARCH_NCC = "search-ncc"
     PAPER = "paper"
     MI = "mi"
 
     def label(self) -> str:
         return {
-            Method.OURS: "Ours (fast rigid refinement)",
+            Method.SEARCH_CR: "Search + correlation ratio on the ceT1 (default)",
+            Method.SEARCH_NCC: "Search + NCC on the synthetic T2",
             Method.PAPER: "Paper (greedy subset search, MSE)",
             Method.MI: "Mutual information baseline (SimpleITK)",
         }[self]
@@ -139,7 +141,7 @@ def build_register_command(
     out_dir: str | os.PathLike,
     coronal_labels: str | os.PathLike | None = None,
     axial_labels: str | os.PathLike | None = None,
-    method: Method | str = Method.OURS,
+    method: Method | str = Method.SEARCH_CR,
     translator: Translator | str = Translator.DEFAULT,
     translator_file: str | os.PathLike | None = None,
     device: Device | str = Device.AUTO,
@@ -561,6 +563,10 @@ def subset_curve(result: Mapping) -> tuple[list[int], list[float]]:
 #: information when the MI polish replaced that result (``ours+mi-polish``) and for the MI baseline
 #: (lower is better); the paper's search minimises the MSE between synthetic T2 and T2.
 METRIC_NAMES = {
+    "search-cr": "correlation ratio",
+    "search-cr+mi-polish": "negative Mattes MI",
+    "search-ncc": "NCC",
+    "search-ncc+mi-polish": "negative Mattes MI",
     "ours": "NCC",
     "ours+mi-polish": "negative Mattes MI",
     "paper": "MSE",
@@ -581,8 +587,15 @@ def format_metrics(result: Mapping) -> str:
     if isinstance(metric, (int, float)) and math.isfinite(metric):
         parts.append(f"final {metric_name(result)} {metric:.4g}")
     # ``success`` is the core's threshold test on the final metric, not an optimiser convergence flag
-    parts.append("metric within the success threshold" if result.get("success")
-                 else "metric outside the success threshold (flagged)")
+    if result.get("success") is None:
+        parts.append("success unknown (no calibrated check for this result)")
+    elif (result.get("confidence") or {}).get("rule") == "forward/backward agreement":
+        c = result["confidence"]
+        parts.append(f"forward/backward agree to {c.get('consistency_mm', float('nan')):.1f} mm "
+                     + ("(passes)" if result.get("success") else "(flagged)"))
+    else:
+        parts.append("metric within the success threshold" if result.get("success")
+                     else "metric outside the success threshold (flagged)")
     seconds = result.get("seconds")
     if isinstance(seconds, (int, float)) and math.isfinite(seconds):
         parts.append(f"{seconds:.1f} s")
@@ -598,7 +611,9 @@ def format_metrics(result: Mapping) -> str:
 def completion_status(result: Mapping, seconds: float) -> str:
     """Status line after a run: time, a warning when the core flagged the result, its notes."""
     text = f"Done in {seconds:.0f} s."
-    if not result.get("success"):
+    if result.get("success") is None:
+        text += " The core could not check this result: review the fused view before using it."
+    elif not result.get("success"):
         text += " The core flagged this result as unsuccessful: check the report before using it."
     for key in ("translator_note", "note"):
         if result.get(key):

@@ -155,7 +155,44 @@ def _read_nifti(path: Path, max_bytes: int):
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise InputError(f"{_describe(path)} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     data = np.asarray(data).reshape(shape)
+    _warn_header(img, shape, path)
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+class HeaderWarning(UserWarning):
+    """A header that is usable but suspicious (tools may place the file differently)."""
+
+
+def header_used(img) -> str:
+    """Which NIfTI header nibabel's affine (ours) comes from: 'sform', 'qform' or 'none'."""
+    if int(img.header["sform_code"]) > 0:
+        return "sform"
+    return "qform" if int(img.header["qform_code"]) > 0 else "none"
+
+
+def _warn_header(img, shape, path: Path) -> None:
+    """Warns (HeaderWarning) when the qform and sform disagree by more than 1 mm anywhere in the volume,
+    and when the affine has shear, which a rigid registration (and ITK, Slicer's reader) cannot represent."""
+    import warnings
+
+    hdr = img.header
+    used = header_used(img)
+    if int(hdr["sform_code"]) > 0 and int(hdr["qform_code"]) > 0:
+        q, s = img.get_qform(), img.get_sform()
+        corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                            for k in (0, shape[2] - 1)])
+        d = float(np.linalg.norm((corners @ q.T - corners @ s.T)[:, :3], axis=1).max())
+        if d > 1.0:
+            warnings.warn(f"{_describe(path)}: its qform and sform disagree by up to {d:.1f} mm; the {used} was used "
+                          f"(nibabel's rule); ITK-based tools, Slicer among them, may use the other and place the "
+                          f"image differently", HeaderWarning, stacklevel=3)
+    A = np.asarray(img.affine[:3, :3], dtype=np.float64)
+    cols = A / np.linalg.norm(A, axis=0)
+    dots = np.abs(cols.T @ cols - np.eye(3)).max()
+    if dots > 1e-3:
+        warnings.warn(f"{_describe(path)}: its {used} affine has shear (axes {np.degrees(np.arcsin(min(dots, 1.0))):.2f} "
+                      f"deg from perpendicular); rigid registration ignores it and other tools may place the image "
+                      f"differently", HeaderWarning, stacklevel=3)
 
 
 def _check_affine(affine: np.ndarray, name: str) -> None:
