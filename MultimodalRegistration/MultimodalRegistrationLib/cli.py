@@ -21,6 +21,7 @@ DELEGATED = {
     "convert": ("translate", "convert a stack ceT1<->T2 slice by slice with the NICE-GAN"),
     "train": ("train", "train the NICE-GAN translator (resumable)"),
     "evaluate": ("evaluate", "registration benchmark on simulated cases with known ground truth"),
+    "evaluate-real": ("evaluate_real", "registration on real contrasts: real ceT1/T1 stacks vs T2, exact truth"),
     "evaluate-gan": ("evaluate_gan", "GAN conversion quality on held-out slices (paper Table 1)"),
 }
 

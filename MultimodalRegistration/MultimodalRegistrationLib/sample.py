@@ -148,7 +148,16 @@ def run_demo(out_dir, method: str = "search-cr", translator: str = "default", pr
         d = ", ".join(f"label {k}: {v:.3f}" for k, v in ev["dice_coronal_labels_on_axial"].items())
         print(f"demo: Dice of coronal labels carried onto the axial grid: {d}")
     print(f"demo: outputs in {out_dir} (open report.png)")
+    if not tre["mean"] < DEMO_MAX_TRE_MM:
+        print(f"demo: FAILED: the mean TRE {tre['mean']:.2f} mm misses the sample's ground truth "
+              f"(limit {DEMO_MAX_TRE_MM:g} mm)", file=sys.stderr)
+        return 1
     return 0
+
+
+#: ``mmreg demo`` exits 1 when the sample case's mean TRE is not under this (the success criterion of
+#: every benchmark here).
+DEMO_MAX_TRE_MM = 2.0
 
 
 if __name__ == "__main__":
