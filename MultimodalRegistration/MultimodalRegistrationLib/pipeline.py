@@ -119,13 +119,16 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     timings = {}
     t0 = time.perf_counter()
     report(progress, "load", 0, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        cor, ax, cl, al = _load_inputs(coronal, axial, coronal_labels, axial_labels, params)
     header_warnings = []
-    for w in caught:                     # shown to the caller as usual, and kept for report.json
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        header_warnings.append(str(w.message))
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cor, ax, cl, al = _load_inputs(coronal, axial, coronal_labels, axial_labels, params)
+    finally:
+        for w in caught:   # shown to the caller as usual (also when loading failed), and kept for report.json
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            header_warnings.append(str(w.message))
     translator, translator_note = _resolve_translator(params.translator, params.device)
     report(progress, "load", 1, 1)
     timings["load"] = time.perf_counter() - t0
