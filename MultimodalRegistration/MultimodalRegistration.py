@@ -328,26 +328,7 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
                 return _("Volume '{name}' has no image data.").format(name=node.GetName())
         return None
 
-    @staticmethod
-    def guessInputs():
-        """(coronal, axial) volumes picked by slice orientation, for a first-use default."""
-        coronal = axial = None
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
-                continue
-            matrix = vtk.vtkMatrix4x4()
-            node.GetIJKToRASDirectionMatrix(matrix)
-            dims = node.GetImageData().GetDimensions()
-            sliceAxis = min(range(3), key=lambda i: dims[i])  # the thin axis of a stack
-            normal = [abs(matrix.GetElement(r, sliceAxis)) for r in range(3)]
-            dominant = max(range(3), key=lambda r: normal[r])  # 0 R, 1 A, 2 S
-            if dominant == 1 and coronal is None:
-                coronal = node
-            elif dominant == 2 and axial is None:
-                axial = node
-        return coronal, axial
-
-    # -- dependencies (checks only; the widget asks the user before installing) --------------
+    guessInputs = staticmethod(scene.guessInputs)
 
     @staticmethod
     def pythonSlicerExecutable() -> str:
@@ -387,11 +368,7 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
         task.inputDir = task.workDir / "inputs"
         task.outputDir = task.workDir / "output"
 
-        files = {"coronal": task.inputDir / "coronal_ceT1.nii.gz", "axial": task.inputDir / "axial_T2.nii.gz"}
-        if coronalLabels is not None:
-            files["coronal_labels"] = task.inputDir / "coronal_labels.nii.gz"
-        if axialLabels is not None:
-            files["axial_labels"] = task.inputDir / "axial_labels.nii.gz"
+        files = scene.inputFiles(task.inputDir, coronalLabels is not None, axialLabels is not None)
         translatorPath = str(translatorFile) if translatorFile and str(translatorFile) not in ("", ".") else None
         # Build (and so validate) the command line before writing anything.
         cmd = build_register_command(
@@ -404,12 +381,7 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
         task.inputDir.mkdir(parents=True, exist_ok=True)
         task.outputDir.mkdir(parents=True, exist_ok=True)
         try:
-            scene.writeVolume(coronalVolume, files["coronal"])
-            scene.writeVolume(axialVolume, files["axial"])
-            if coronalLabels is not None:
-                task.labelColors["coronal"] = scene.writeLabels(coronalLabels, coronalVolume, files["coronal_labels"])
-            if axialLabels is not None:
-                task.labelColors["axial"] = scene.writeLabels(axialLabels, axialVolume, files["axial_labels"])
+            task.labelColors = scene.exportInputs(files, coronalVolume, axialVolume, coronalLabels, axialLabels)
         except Exception:
             shutil.rmtree(task.workDir, ignore_errors=True)
             raise

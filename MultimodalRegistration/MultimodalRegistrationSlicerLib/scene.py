@@ -72,6 +72,49 @@ def removeNodesAddedSince(before: set, keep=()) -> None:
             slicer.mrmlScene.RemoveNode(node)
 
 
+def guessInputs():
+    """(coronal, axial) volumes picked by slice orientation, for a first-use default."""
+    coronal = axial = None
+    for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+            continue
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASDirectionMatrix(matrix)
+        dims = node.GetImageData().GetDimensions()
+        sliceAxis = min(range(3), key=lambda i: dims[i])  # the thin axis of a stack
+        normal = [abs(matrix.GetElement(r, sliceAxis)) for r in range(3)]
+        dominant = max(range(3), key=lambda r: normal[r])  # 0 R, 1 A, 2 S
+        if dominant == 1 and coronal is None:
+            coronal = node
+        elif dominant == 2 and axial is None:
+            axial = node
+    return coronal, axial
+
+
+def inputFiles(inputDir, withCoronalLabels: bool, withAxialLabels: bool) -> dict:
+    """Where the inputs of a run are exported (role -> path under ``inputDir``)."""
+    inputDir = Path(inputDir)
+    files = {"coronal": inputDir / "coronal_ceT1.nii.gz", "axial": inputDir / "axial_T2.nii.gz"}
+    if withCoronalLabels:
+        files["coronal_labels"] = inputDir / "coronal_labels.nii.gz"
+    if withAxialLabels:
+        files["axial_labels"] = inputDir / "axial_labels.nii.gz"
+    return files
+
+
+def exportInputs(files, coronalVolume, axialVolume, coronalLabels=None, axialLabels=None) -> dict:
+    """Write the inputs to ``files`` (:func:`inputFiles`); returns the label colors by side
+    ("coronal"/"axial", see :func:`writeLabels`) to name the transferred segments on import."""
+    writeVolume(coronalVolume, files["coronal"])
+    writeVolume(axialVolume, files["axial"])
+    labelColors = {}
+    if coronalLabels is not None:
+        labelColors["coronal"] = writeLabels(coronalLabels, coronalVolume, files["coronal_labels"])
+    if axialLabels is not None:
+        labelColors["axial"] = writeLabels(axialLabels, axialVolume, files["axial_labels"])
+    return labelColors
+
+
 def writeVolume(volumeNode, path) -> None:
     """Write a volume to NIfTI through a private storage node, so the node's own storage
     node (and the Save dialog) is left untouched. Parent transforms are not applied: the core
