@@ -40,7 +40,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MultimodalRegistrationLib.contract import OUTPUT_FILES, SAMPLE_GROUND_TRUTH_KEY, OutputError, read_transform_json
+from MultimodalRegistrationLib.contract import OUTPUT_FILES, SAMPLE_GROUND_TRUTH_KEY
 from MultimodalRegistrationSlicerLib import dependencies, scene
 from MultimodalRegistrationSlicerLib.command import Device, LabelMode, Method, Translator, build_register_command, child_environment
 from MultimodalRegistrationSlicerLib.i18n import _, translate

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MultimodalRegistrationLib.contract import OutputError, read_transform_json
+
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake PythonSlicer is a POSIX script")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,7 @@ def _run(module, tmp_path, monkeypatch, mode, cancel_after_first_progress=False,
         if import_error:
             raise import_error
         imported.append(task)
-        task.result = module.read_transform_json(task.outputDir / "transform.json")
+        task.result = read_transform_json(task.outputDir / "transform.json")
         return {}
 
     monkeypatch.setattr(logic, "importResults", fake_import)
@@ -152,7 +154,7 @@ def test_failure_reports_the_core_error_line(module, tmp_path, monkeypatch):
 
 def test_bad_outputs_fail_cleanly(module, tmp_path, monkeypatch):
     _logic, task, _imported, _p = _run(module, tmp_path, monkeypatch, "ok",
-                                       import_error=module.OutputError("transform.json lacks metric"))
+                                       import_error=OutputError("transform.json lacks metric"))
     assert task.status == "failed" and "lacks metric" in task.error
 
 
@@ -210,7 +212,7 @@ def test_the_logic_drives_any_process_object_with_the_small_interface(module, tm
     logic = module.MultimodalRegistrationLogic()
     logic.processFactory = FakeProcess
     monkeypatch.setattr(logic, "importResults",
-                        lambda task: setattr(task, "result", module.read_transform_json(task.outputDir / "transform.json")))
+                        lambda task: setattr(task, "result", read_transform_json(task.outputDir / "transform.json")))
     cor, ax = _volumes(module)
     progress = []
     task = logic.startRegistration(cor, ax, workDir=tmp_path / "work", method=module.Method.MI,
