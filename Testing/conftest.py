@@ -10,6 +10,9 @@ the reason, when the data is absent:
   directly or through another fixture) gets the marker automatically;
 * tests in files this conftest does not own are listed in ``DATA_TESTS`` until they carry the marker.
 
+Opt-in tests of the elastix/ANTs wrappers (slow, ``pip install -e ".[baselines]"``) are marked ``baseline``
+and skipped unless ``MMREG_SLOW_BASELINES=1``: ``MMREG_SLOW_BASELINES=1 python3 -m pytest -q -m baseline``.
+
 ``.ci/run`` runs the suite a second time with ``MMREG_DATA`` pointing at an empty folder, so a test
 that needs the data and is not marked fails there.
 """
@@ -56,6 +59,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
+    if item.get_closest_marker("baseline") is not None and not os.environ.get("MMREG_SLOW_BASELINES"):
+        pytest.skip("opt-in baseline wrapper test (elastix/ANTs, slow): "
+                    "MMREG_SLOW_BASELINES=1 python3 -m pytest -q -m baseline")
     if item.get_closest_marker("data") is not None:
         paths = [p for mark in item.iter_markers("data") for p in mark.args]
         if not paths or any(f in item.fixturenames for f in ("brats_source", "fast_case")):

@@ -253,7 +253,6 @@ def test_huge_header_is_refused_without_reading_voxels(tmp_path, capsys, case):
 # ----------------------------------------------------------------------------- checkpoints
 
 def _tiny_checkpoint(folder: Path) -> Path:
-    pytest.importorskip("torch")
     from MultimodalRegistrationLib import translate
     from MultimodalRegistrationLib.nicegan import InferenceModel, NiceGanConfig
 

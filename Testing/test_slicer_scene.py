@@ -25,11 +25,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake PythonSlicer is a POSIX script")
-nib = pytest.importorskip("nibabel")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_slicer
 
