@@ -44,8 +44,9 @@ from MultimodalRegistrationLib.contract import OUTPUT_FILES, SAMPLE_GROUND_TRUTH
 from MultimodalRegistrationSlicerLib import dependencies, scene
 from MultimodalRegistrationSlicerLib.command import Device, LabelMode, Method, Translator, build_register_command, child_environment
 from MultimodalRegistrationSlicerLib.i18n import _, translate
-from MultimodalRegistrationSlicerLib.process import CoreProcess, ProgressTracker
+from MultimodalRegistrationSlicerLib.process import CoreProcess
 from MultimodalRegistrationSlicerLib.results import box_corners_ras, completion_status, dice_per_label, format_metrics, tre_mm
+from MultimodalRegistrationSlicerLib.task import RegistrationTask
 from MultimodalRegistrationSlicerLib.sampledata import SAMPLE_NAME, SAMPLE_NODE_NAMES, registerSampleData, sampleDataPaths
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -269,36 +270,6 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 #
 # MultimodalRegistrationLogic
 #
-
-class RegistrationTask:
-    """One run of the core: inputs, child process, progress, and (when completed) result nodes."""
-
-    def __init__(self):
-        self.status = "running"  # running | completed | failed | cancelled
-        self.error = ""
-        self.log = []
-        self.result = None
-        self.nodes = {}
-        self.process = None
-        self.timer = None
-        self.tracker = ProgressTracker()
-        self.startTime = time.time()
-        self.elapsed = 0.0
-        self.workDir = None
-        self.inputDir = None
-        self.outputDir = None
-        self.keepIntermediateFiles = False
-        self.inputs = {}
-        self.labelColors = {}
-        self.showResults = True
-        self.showPlot = False
-        self.progressCallback = None
-        self.completedCallback = None
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
 
 class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
     """Runs the core as a child process and turns its outputs into scene nodes. No GUI here."""
