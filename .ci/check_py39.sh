@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Everything that runs inside 3D Slicer must run on Slicer 5.6/5.8's Python 3.9: the module file and
-# the whole MultimodalRegistrationLib package (the child process runs it with PythonSlicer).
+# the whole MultimodalRegistrationLib package (the child process runs it with PythonSlicer) and the
+# Slicer-side helpers MultimodalRegistrationSlicerLib.
 # Fails the build on a construct newer than 3.9.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FILES=(MultimodalRegistration/MultimodalRegistration.py MultimodalRegistration/MultimodalRegistrationLib)
+FILES=(MultimodalRegistration/MultimodalRegistration.py MultimodalRegistration/MultimodalRegistrationLib
+       MultimodalRegistration/MultimodalRegistrationSlicerLib)
 
 command -v vermin >/dev/null 2>&1 || python3 -m pip install --quiet "vermin==1.9.2"
 # 1. vermin: language features, stdlib modules/functions/arguments newer than 3.9.

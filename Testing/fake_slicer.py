@@ -859,6 +859,9 @@ def install(monkeypatch) -> dict:
     mods = modules()
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
+    # the Slicer-side helper modules bind `slicer`/`vtk` when imported: import them again against these
+    for name in [n for n in sys.modules if n.split(".")[0] == "MultimodalRegistrationSlicerLib"]:
+        monkeypatch.delitem(sys.modules, name)
     return mods
 
 

@@ -20,7 +20,6 @@ import pytest
 from MultimodalRegistrationLib import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MMREG_DATA", ROOT.parent / "shared" / "data"))
 
 COR = np.array([[-1.0, 0, 0, 20], [0, 0, 3.0, -10], [0, 1.0, 0, -20], [0, 0, 0, 1]])  # slices along A
 AX = np.diag([1.0, 1.0, 3.0, 1.0])                                                    # slices along S
@@ -254,7 +253,6 @@ def test_huge_header_is_refused_without_reading_voxels(tmp_path, capsys, case):
 # ----------------------------------------------------------------------------- checkpoints
 
 def _tiny_checkpoint(folder: Path) -> Path:
-    pytest.importorskip("torch")
     from MultimodalRegistrationLib import translate
     from MultimodalRegistrationLib.nicegan import InferenceModel, NiceGanConfig
 
@@ -343,11 +341,10 @@ def test_pickle_checkpoint_with_code_is_refused_and_never_run(tmp_path, capsys, 
 
 # ----------------------------------------------------------------------------- real scanner files
 
-def test_real_axial_stack_given_as_coronal(tmp_path, capsys, case):
+@pytest.mark.data("brats/TCGA-FG-6692_native/t1c_ax5.5mm_hdbet.nii.gz")
+def test_real_axial_stack_given_as_coronal(tmp_path, capsys, case, data_root):
     """A real thick-slice axial acquisition (TCGA-FG-6692, 5.5 mm) passed as the coronal input."""
-    src = DATA / "brats" / "TCGA-FG-6692_native" / "t1c_ax5.5mm_hdbet.nii.gz"
-    if not src.exists():
-        pytest.skip(f"real data not found at {src}")
+    src = data_root / "brats" / "TCGA-FG-6692_native" / "t1c_ax5.5mm_hdbet.nii.gz"
     before = {str(src): (hashlib.sha256(src.read_bytes()).hexdigest(), src.stat().st_mtime_ns)}
     err = _assert_refused(tmp_path, capsys, case, "axial slices", coronal=src)
     assert "--force-orientation" in err

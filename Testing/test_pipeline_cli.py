@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from MultimodalRegistrationLib import cli, geometry, metrics, simulate
-from MultimodalRegistrationLib.pipeline import OUTPUT_FILES
+from MultimodalRegistrationLib.contract import OUTPUT_FILES, TRANSFORM_REQUIRED_KEYS, check_transform
 from MultimodalRegistrationLib.volume import load_volume
 
 
@@ -31,11 +31,12 @@ def registered(case_dir, tmp_path_factory):
 
 
 def test_output_contract(registered, case_dir):
-    for key in ("transform_json", "transform_tfm", "synth", "cet1_on_axial", "fused", "coronal_labels_on_axial",
-                "axial_labels_on_coronal", "report_json", "report_png"):
+    for key in ("transform_json", "transform_tfm", "synth_t2", "cet1_on_axial", "fused", "coronal_labels_on_axial",
+                "axial_labels_on_coronal", "label_colors", "report_json", "report_png"):
         assert (registered / OUTPUT_FILES[key]).exists(), key
     t = json.loads((registered / "transform.json").read_text())
-    assert set(t) >= {"moving_to_fixed_ras", "method", "metric", "subset_index", "seconds", "success", "translator"}
+    check_transform(dict(t))
+    assert set(t) >= set(TRANSFORM_REQUIRED_KEYS) | {"moving_to_fixed_ras", "method", "metric", "subset_index", "seconds", "success", "translator"}
     assert t["translator"] == "none" and t["method"] == "search-ncc"   # asked for by its old name "ours"
     M = np.asarray(t["moving_to_fixed_ras"])
     assert np.allclose(geometry.read_itk_tfm(registered / "transform.tfm"), M, atol=1e-6)

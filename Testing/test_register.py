@@ -141,6 +141,7 @@ def test_mi_baseline_runs_and_recovers_small_offset_from_headers(fast_case, case
         assert t["median"] < 2.0, t
 
 
+@pytest.mark.data
 def test_evaluate_benchmark_smoke(tmp_path):
     import csv
     from MultimodalRegistrationLib import evaluate

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MultimodalRegistrationLib.contract import OutputError, read_transform_json
+
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake PythonSlicer is a POSIX script")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,7 @@ def _run(module, tmp_path, monkeypatch, mode, cancel_after_first_progress=False,
         if import_error:
             raise import_error
         imported.append(task)
-        task.result = module.read_transform_json(task.outputDir / "transform.json")
+        task.result = read_transform_json(task.outputDir / "transform.json")
         return {}
 
     monkeypatch.setattr(logic, "importResults", fake_import)
@@ -152,7 +154,7 @@ def test_failure_reports_the_core_error_line(module, tmp_path, monkeypatch):
 
 def test_bad_outputs_fail_cleanly(module, tmp_path, monkeypatch):
     _logic, task, _imported, _p = _run(module, tmp_path, monkeypatch, "ok",
-                                       import_error=module.OutputError("transform.json lacks metric"))
+                                       import_error=OutputError("transform.json lacks metric"))
     assert task.status == "failed" and "lacks metric" in task.error
 
 
@@ -173,3 +175,51 @@ def test_invalid_method_parameters_are_refused_before_anything_runs(module, tmp_
     assert not (tmp_path / "work" / "inputs").exists()
     with pytest.raises(ValueError):
         logic.startRegistration(cor, cor, workDir=tmp_path / "work")
+
+
+def test_the_logic_drives_any_process_object_with_the_small_interface(module, tmp_path, monkeypatch):
+    """The Logic uses its process only through start/poll/cancel/is_running, cancelled and error_message
+    (MultimodalRegistrationSlicerLib/process.py): a fake given through processFactory, with no child
+    process at all, runs a task to completion, progress included."""
+    from fake_slicer import fire_timers
+    from MultimodalRegistrationSlicerLib.process import ProcessOutput, ProgressEvent
+
+    class FakeProcess:
+        made = []
+
+        def __init__(self, cmd, env=None, cwd=None):
+            self.cmd, self.cwd, self.cancelled, self.error_message = cmd, cwd, False, ""
+            self.polls = [ProcessOutput(progress=[ProgressEvent("load", 1, 1)], log=["stderr: hello"]),
+                          ProcessOutput(progress=[ProgressEvent("write", 1, 1)], finished=True, returncode=0)]
+            FakeProcess.made.append(self)
+
+        def start(self):
+            out = Path(self.cmd[self.cmd.index("--out") + 1])
+            (out / "transform.json").write_text(json.dumps(
+                {"moving_to_fixed_ras": np.eye(4).tolist(), "method": "mi", "metric": -0.5, "seconds": 1.0,
+                 "success": True}))
+            return self
+
+        def poll(self):
+            return self.polls.pop(0) if self.polls else ProcessOutput()
+
+        def is_running(self):
+            return bool(self.polls)
+
+        def cancel(self):
+            self.cancelled = True
+
+    logic = module.MultimodalRegistrationLogic()
+    logic.processFactory = FakeProcess
+    monkeypatch.setattr(logic, "importResults",
+                        lambda task: setattr(task, "result", read_transform_json(task.outputDir / "transform.json")))
+    cor, ax = _volumes(module)
+    progress = []
+    task = logic.startRegistration(cor, ax, workDir=tmp_path / "work", method=module.Method.MI,
+                                   progressCallback=lambda t: progress.append(t.tracker.percent))
+    for _ in range(3):
+        fire_timers()
+    assert [p.cmd[p.cmd.index("--method") + 1] for p in FakeProcess.made] == ["mi"]
+    assert task.status == "completed" and task.result["metric"] == -0.5
+    assert progress == [5, 100] and "stderr: hello" in task.log
+    assert not task.timer.active

@@ -30,6 +30,7 @@ MODULE_NAME = "MultimodalRegistration"
 MODULE_DIR = ROOT / MODULE_NAME
 MODULE_PY = MODULE_DIR / f"{MODULE_NAME}.py"
 LIB_DIR = MODULE_DIR / "MultimodalRegistrationLib"
+SLICER_LIB_DIR = MODULE_DIR / "MultimodalRegistrationSlicerLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 EXTENSION_CMAKE = ROOT / "CMakeLists.txt"
@@ -110,8 +111,7 @@ def test_module_cmake_builds_a_scripted_module_with_tests():
                      "RESOURCES", "${MODULE_PYTHON_RESOURCES}", "WITH_GENERIC_TESTS"):
         assert expected in args
     assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
-    if "add_subdirectory(Testing)" in text:
-        assert (MODULE_DIR / "Testing" / "CMakeLists.txt").is_file()
+    assert "add_subdirectory(Testing)" in text and (MODULE_DIR / "Testing" / "CMakeLists.txt").is_file()
 
 
 def _cmake_variables(text: str) -> dict:
@@ -166,7 +166,11 @@ def test_module_compiles():
 def _top_level_names(path: Path) -> set:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names = set()
-    for node in tree.body:
+    body = list(tree.body)
+    for node in tree.body:  # `try: from x import a / except ImportError: def a(...)` defines a
+        if isinstance(node, ast.Try):
+            body += node.body + [n for h in node.handlers for n in h.body]
+    for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, ast.Assign):
@@ -182,37 +186,104 @@ def _top_level_names(path: Path) -> set:
     return names
 
 
-def _core_imports(tree) -> list:
-    """(submodule, name or None) for every import of MultimodalRegistrationLib in the module."""
+def _package_imports(tree, package: str) -> list:
+    """(submodule, name or None) for every import of ``package`` in a parsed file."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "MultimodalRegistrationLib":
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
             sub = node.module.split(".", 1)[1] if "." in node.module else ""
             found += [(sub, a.name) for a in node.names]
         elif isinstance(node, ast.Import):
             found += [(a.name.split(".", 1)[1] if "." in a.name else "", None)
-                      for a in node.names if a.name.split(".")[0] == "MultimodalRegistrationLib"]
+                      for a in node.names if a.name.split(".")[0] == package]
     return found
 
 
-def test_module_imports_only_existing_core_names():
-    imports = _core_imports(_module_ast())
-    assert imports, "the module should use the Slicer-support helpers of the core"
-    for sub, name in imports:
-        path = LIB_DIR / (sub.replace(".", "/") + ".py") if sub else LIB_DIR / "__init__.py"
-        assert path.is_file(), f"MultimodalRegistrationLib.{sub} does not exist"
-        if name is not None:
-            assert name in _top_level_names(path), f"{name} is not defined in MultimodalRegistrationLib.{sub}"
+def _core_imports(tree) -> list:
+    """(submodule, name or None) for every import of MultimodalRegistrationLib in a parsed file."""
+    return _package_imports(tree, "MultimodalRegistrationLib")
+
+
+def _slicer_lib_files() -> list:
+    return sorted(SLICER_LIB_DIR.glob("*.py"))
+
+
+def _defined(package_dir: Path, sub: str, name) -> None:
+    path = package_dir / (sub.replace(".", "/") + ".py") if sub else package_dir / "__init__.py"
+    if name is not None and not sub and (package_dir / f"{name}.py").is_file():
+        return  # `from package import submodule`
+    assert path.is_file(), f"{package_dir.name}.{sub} does not exist"
+    if name is not None:
+        assert name in _top_level_names(path), f"{name} is not defined in {package_dir.name}.{sub}"
+
+
+def test_module_imports_only_existing_names():
+    tree = _module_ast()
+    imports = _core_imports(tree) + _package_imports(tree, "MultimodalRegistrationSlicerLib")
+    assert imports, "the module should use the contract and the Slicer-side helpers"
+    for path in [MODULE_PY] + _slicer_lib_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for sub, name in _core_imports(tree):
+            _defined(LIB_DIR, sub, name)
+        for sub, name in _package_imports(tree, "MultimodalRegistrationSlicerLib"):
+            _defined(SLICER_LIB_DIR, sub, name)
+        for node in ast.walk(tree):  # relative imports inside the Slicer-side package
+            if path != MODULE_PY and isinstance(node, ast.ImportFrom) and node.level == 1:
+                for a in node.names:
+                    _defined(SLICER_LIB_DIR, node.module or "", a.name)
 
 
 def test_module_does_not_register_in_process():
-    """Only the Slicer-free helper is imported; the core runs as `PythonSlicer -m ...cli`."""
-    subs = {sub for sub, _ in _core_imports(_module_ast())}
-    assert subs == {"slicer_support"}, f"the module imports core modules {subs - {'slicer_support'}}"
-    from MultimodalRegistrationLib import slicer_support
+    """From the core, the module and its Slicer-side package import only the contract (standard
+    library); the core runs as `PythonSlicer -m ...cli`."""
+    for path in [MODULE_PY] + _slicer_lib_files():
+        subs = {sub for sub, _ in _core_imports(ast.parse(path.read_text(encoding="utf-8")))}
+        assert subs <= {"contract"}, f"{path.name} imports core modules {subs - {'contract'}}"
+    from MultimodalRegistrationSlicerLib import command
 
-    assert slicer_support.CLI_MODULE == "MultimodalRegistrationLib.cli"
-    assert (LIB_DIR / "cli.py").is_file() or pytest.skip("core CLI not written yet")
+    assert command.CLI_MODULE == "MultimodalRegistrationLib.cli"
+    assert (LIB_DIR / "cli.py").is_file(), "the core CLI the module runs is missing"
+
+
+def test_the_core_never_imports_slicer():
+    """MultimodalRegistrationLib runs outside Slicer (CLI, batch, PythonSlicer child): no file of it imports
+    slicer, vtk, qt, ctk or the Slicer-side helper package, at any level (inside functions too)."""
+    forbidden = {"slicer", "vtk", "qt", "ctk", "MultimodalRegistrationSlicerLib", "SampleData", "PyTorchUtils"}
+    for path in sorted(LIB_DIR.glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+        assert not found & forbidden, f"{path.name} imports {sorted(found & forbidden)}"
+
+
+def test_contract_and_slicer_free_helpers_need_only_the_standard_library():
+    """contract.py and the Slicer-free half of MultimodalRegistrationSlicerLib import nothing outside the
+    standard library at module level (numpy only inside functions): the module imports them before the
+    core's dependencies are installed. The Slicer-side files are the only ones that import slicer."""
+    stdlib = set(sys.stdlib_module_names)
+    slicer_side = {"scene.py", "dependencies.py", "sampledata.py", "i18n.py"}
+    for path in [LIB_DIR / "contract.py"] + _slicer_lib_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Try):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.ImportFrom) and sub.module:
+                        top.add(sub.module.split(".")[0])
+        allowed = stdlib | {"MultimodalRegistrationLib"}
+        if path.name in slicer_side:
+            allowed |= {"slicer", "vtk"}
+        else:
+            assert not top & {"slicer", "vtk", "qt", "ctk"}, f"{path.name} imports Slicer"
+        assert top <= allowed, f"{path.name} imports {sorted(top - allowed)} at module level"
+    assert _core_imports(ast.parse((LIB_DIR / "contract.py").read_text(encoding="utf-8"))) == []
 
 
 def test_module_follows_slicer_conventions():
@@ -319,12 +390,12 @@ def test_the_connector_rules_are_those_of_the_oldest_slicer_promised():
 
 
 def _param_kind(annotation: str):
-    from MultimodalRegistrationLib import slicer_support
+    from MultimodalRegistrationSlicerLib import command
 
     base = re.sub(r"Annotated\[(\w+),.*\]$", r"\1", annotation)
     if "vtkMRML" in annotation:
         return "node", base
-    candidate = getattr(slicer_support, base, None)
+    candidate = getattr(command, base, None)
     if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
         return "enum", base
     if base in ("Path", "pathlib.Path"):
@@ -333,7 +404,7 @@ def _param_kind(annotation: str):
 
 
 def test_bound_widgets_bind_on_slicer_5_6_with_the_defaults_shown():
-    from MultimodalRegistrationLib import slicer_support
+    from MultimodalRegistrationSlicerLib import command
 
     fields, bindings = _param_fields(), _bindings()
     for field, (annotation, default) in fields.items():
@@ -351,7 +422,7 @@ def test_bound_widgets_bind_on_slicer_5_6_with_the_defaults_shown():
             none_enabled = props.get("noneEnabled") is not None and props["noneEnabled"].findtext("bool") == "true"
             assert none_enabled == ("None" in annotation), f"{field}: noneEnabled must match Optional"
         elif kind == "enum":
-            enum_cls = getattr(slicer_support, base)
+            enum_cls = getattr(command, base)
             items = [i.find("property").findtext("string") for i in element.findall("item")]
             assert items == [m.label() for m in enum_cls], f"{field}: combo items differ from {base} labels"
             if default:
@@ -428,8 +499,7 @@ def test_module_imports_with_stand_in_slicer(fake_slicer):
 
 # =============================================================================== rendering
 def test_panel_renders_offscreen(tmp_path):
-    pytest.importorskip("PySide6.QtUiTools")
-    import slicer_stubs as stubs
+    import slicer_stubs as stubs  # PySide6 (the test extra): a missing one fails here
 
     panel = stubs.load_ui(UI_FILE)
     # the ctk/qMRML names resolved to the stand-ins, not to a bare QWidget
@@ -465,12 +535,8 @@ def test_readme_screenshots_exist():
 
 # =============================================================================== contract with the core
 def _cli_parser():
-    if not (LIB_DIR / "cli.py").is_file():
-        pytest.skip("MultimodalRegistrationLib/cli.py not written yet")
     from MultimodalRegistrationLib import cli
 
-    if not hasattr(cli, "build_parser"):
-        pytest.skip("cli.build_parser not available")
     return cli.build_parser()
 
 
@@ -481,7 +547,7 @@ def _cli_parser():
     dict(method="mi", translator="file", translator_file="/m/x.safetensors", device="cuda"),
 ])
 def test_core_cli_accepts_the_module_command(options):
-    from MultimodalRegistrationLib.slicer_support import build_register_command
+    from MultimodalRegistrationSlicerLib.command import build_register_command
 
     parser = _cli_parser()
     cmd = build_register_command("PythonSlicer", "/t/c.nii.gz", "/t/a.nii.gz", "/t/out", **options)
@@ -505,19 +571,20 @@ def test_core_cli_accepts_the_module_command(options):
 
 
 def test_core_progress_stages_are_known_to_the_progress_bar():
-    from MultimodalRegistrationLib.slicer_support import STAGE_WEIGHTS
+    from MultimodalRegistrationLib.contract import PROGRESS_STAGES
+    from MultimodalRegistrationSlicerLib.process import STAGE_TEXT, STAGE_WEIGHTS
 
-    known = {name for name, _ in STAGE_WEIGHTS}
+    assert tuple(name for name, _ in STAGE_WEIGHTS) == PROGRESS_STAGES and set(STAGE_TEXT) == set(PROGRESS_STAGES)
+    known = set(PROGRESS_STAGES)
     stages = {}
     for path in LIB_DIR.glob("*.py"):
-        if path.stem in ("train", "batch", "slicer_support", "progress", "evaluate", "evaluate_gan"):
+        if path.stem in ("train", "batch", "progress", "evaluate", "evaluate_gan"):
             continue  # not on the path of `mmreg register`
         for stage in re.findall(r"report\(\s*progress\s*,\s*\"(\w+)\"", path.read_text(encoding="utf-8")):
             stages.setdefault(stage, set()).add(path.name)
-    if not stages:
-        pytest.skip("the core reports no progress stages yet")
+    assert {"load", "register", "write"} <= set(stages), f"the core reports only {sorted(stages)}"
     unknown = {s: sorted(files) for s, files in stages.items() if s not in known}
-    assert unknown == {}, "stages the Slicer progress bar does not place (add them to STAGE_WEIGHTS)"
+    assert unknown == {}, "stages missing from contract.PROGRESS_STAGES (and the progress bar)"
 
 
 def _third_party_imports() -> set:
@@ -534,7 +601,7 @@ def _third_party_imports() -> set:
 
 
 def test_requirements_are_pinned_and_cover_the_core_imports():
-    from MultimodalRegistrationLib.slicer_support import read_requirements
+    from MultimodalRegistrationSlicerLib.requirements import read_requirements
 
     reqs = read_requirements(REQUIREMENTS)
     names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower(): r for r in reqs}
@@ -554,15 +621,16 @@ def test_requirements_are_pinned_and_cover_the_core_imports():
 
 # =============================================================================== sample data
 def test_sample_case_files():
-    from MultimodalRegistrationLib import slicer_support
+    from MultimodalRegistrationLib import contract, sample
 
-    assert slicer_support.SAMPLE_FILES == EXPECTED_SAMPLE_FILES
-    assert slicer_support.SAMPLE_GROUND_TRUTH == EXPECTED_GROUND_TRUTH
+    assert contract.SAMPLE_VOLUME_FILES == EXPECTED_SAMPLE_FILES
+    assert contract.SAMPLE_GROUND_TRUTH == EXPECTED_GROUND_TRUTH
+    assert contract.SAMPLE_FILES == {**EXPECTED_SAMPLE_FILES, "truth": EXPECTED_GROUND_TRUTH}
+    assert sample.SAMPLE_DIR == SAMPLE_DIR.resolve()
     paths = {k: SAMPLE_DIR / v for k, v in EXPECTED_SAMPLE_FILES.items()}
     missing = [p.name for p in list(paths.values()) + [SAMPLE_DIR / EXPECTED_GROUND_TRUTH] if not p.is_file()]
-    if missing:
-        pytest.skip(f"the core has not shipped the sample case yet (missing {missing})")
-    nib = pytest.importorskip("nibabel")
+    assert missing == [], f"the bundled sample case is incomplete (missing {missing})"
+    import nibabel as nib
     import numpy as np
 
     imgs = {k: nib.load(str(p)) for k, p in paths.items()}
@@ -574,7 +642,7 @@ def test_sample_case_files():
         data = np.asarray(imgs[k].dataobj)
         assert np.all(data == np.round(data)) and data.max() > 0, f"{k} must hold integer labels"
     truth = json.loads((SAMPLE_DIR / EXPECTED_GROUND_TRUTH).read_text())
-    matrix = slicer_support.check_matrix4x4(truth[slicer_support.SAMPLE_GROUND_TRUTH_KEY])
+    matrix = contract.check_matrix4x4(truth[contract.SAMPLE_GROUND_TRUTH_KEY])
     rotation = np.asarray(matrix)[:3, :3]
     assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4), "ground truth is not rigid"
     # the stacks are what the module expects: coronal slice normal ~A, axial ~S

@@ -25,11 +25,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake PythonSlicer is a POSIX script")
-nib = pytest.importorskip("nibabel")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_slicer
 
@@ -53,7 +53,7 @@ FAKE_CORE = textwrap.dedent('''\
     import json, os, shutil, sys
     import nibabel as nib
     import numpy as np
-    from MultimodalRegistrationLib.slicer_support import resample_labels_nearest
+    from MultimodalRegistrationSlicerLib.labelmaps import resample_labels_nearest
     args = sys.argv[1:]
     arg = lambda name: args[args.index(name) + 1] if name in args else None
     out = arg("--out")

@@ -1,4 +1,5 @@
-"""Unit tests of MultimodalRegistrationLib.slicer_support (the Slicer-free half of the module)."""
+"""Unit tests of the Slicer-free helpers of the module (MultimodalRegistrationSlicerLib: command line,
+child process and progress, result checks, requirements) and of the output contract."""
 from __future__ import annotations
 
 import json
@@ -11,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MultimodalRegistrationLib import slicer_support as ss
+from MultimodalRegistrationLib import contract
+from MultimodalRegistrationSlicerLib import command, labelmaps, process, requirements, results
 
 
 # ---------------------------------------------------------------------------- command line
 def test_command_has_contract_flags_in_order():
-    cmd = ss.build_register_command("/opt/PythonSlicer", "c.nii.gz", "a.nii.gz", "/tmp/out")
+    cmd = command.build_register_command("/opt/PythonSlicer", "c.nii.gz", "a.nii.gz", "/tmp/out")
     assert cmd[:4] == ["/opt/PythonSlicer", "-m", "MultimodalRegistrationLib.cli", "register"]
     pairs = dict(zip(cmd[4::2], cmd[5::2]))
     assert pairs["--coronal"] == "c.nii.gz"
@@ -31,9 +33,9 @@ def test_command_has_contract_flags_in_order():
 
 
 def test_command_optional_parts():
-    cmd = ss.build_register_command(
+    cmd = command.build_register_command(
         "py", "c", "a", "o", coronal_labels="cl.nii.gz", axial_labels="al.nii.gz",
-        method=ss.Method.MI, translator="none", device=ss.Device.CPU, seed=7, debug=True,
+        method=command.Method.MI, translator="none", device=command.Device.CPU, seed=7, debug=True,
         label_mode="nearest", method_params="lr0=4, iterations = 30")
     assert cmd[cmd.index("--coronal-labels") + 1] == "cl.nii.gz"
     assert cmd[cmd.index("--axial-labels") + 1] == "al.nii.gz"
@@ -54,85 +56,85 @@ def test_command_optional_parts():
 def test_parse_method_params(text, expected):
     if expected is None:
         with pytest.raises(ValueError):  # "[1,2]" is split at the comma
-            ss.parse_method_params(text)
+            command.parse_method_params(text)
     else:
-        assert ss.parse_method_params(text) == expected
+        assert command.parse_method_params(text) == expected
 
 
 @pytest.mark.parametrize("bad", ["lr0", "=3", "lr0=", "a=1 b"])
 def test_parse_method_params_rejects(bad):
     with pytest.raises(ValueError):
-        ss.parse_method_params(bad)
+        command.parse_method_params(bad)
 
 
 def test_command_translator_file():
-    cmd = ss.build_register_command("py", "c", "a", "o", translator=ss.Translator.FILE,
+    cmd = command.build_register_command("py", "c", "a", "o", translator=command.Translator.FILE,
                                     translator_file="/models/my.safetensors")
     assert cmd[cmd.index("--translator") + 1] == "/models/my.safetensors"
     with pytest.raises(ValueError, match="checkpoint"):
-        ss.build_register_command("py", "c", "a", "o", translator=ss.Translator.FILE)
+        command.build_register_command("py", "c", "a", "o", translator=command.Translator.FILE)
 
 
 @pytest.mark.parametrize("kw", [dict(method="elastix"), dict(device="tpu"), dict(translator="x")])
 def test_command_rejects_unknown_choices(kw):
     with pytest.raises(ValueError):
-        ss.build_register_command("py", "c", "a", "o", **kw)
+        command.build_register_command("py", "c", "a", "o", **kw)
 
 
 def test_command_requires_inputs():
     with pytest.raises(ValueError):
-        ss.build_register_command("py", "", "a", "o")
+        command.build_register_command("py", "", "a", "o")
     with pytest.raises(ValueError):
-        ss.build_register_command("", "c", "a", "o")
+        command.build_register_command("", "c", "a", "o")
 
 
 def test_child_environment_puts_module_dir_first():
-    env = ss.child_environment("/mod", {"PYTHONPATH": os.pathsep.join(["/x", "/mod", "/y"]), "A": "1"})
+    env = command.child_environment("/mod", {"PYTHONPATH": os.pathsep.join(["/x", "/mod", "/y"]), "A": "1"})
     assert env["PYTHONPATH"].split(os.pathsep) == ["/mod", "/x", "/y"]
     assert env["PYTHONUNBUFFERED"] == "1" and env["A"] == "1"
-    assert ss.child_environment("/mod", {})["PYTHONPATH"] == "/mod"
+    assert command.child_environment("/mod", {})["PYTHONPATH"] == "/mod"
 
 
 def test_enum_labels_are_distinct_and_values_match_cli():
-    assert [m.value for m in ss.Method] == ["search-cr", "search-ncc", "paper", "mi"]
-    assert [d.value for d in ss.Device] == ["auto", "cpu", "cuda"]
-    for enum_cls in (ss.Method, ss.Translator, ss.Device):
+    assert [m.value for m in command.Method] == ["search-cr", "search-ncc", "paper", "mi"]
+    assert [d.value for d in command.Device] == ["auto", "cpu", "cuda"]
+    for enum_cls in (command.Method, command.Translator, command.Device):
         labels = [m.label() for m in enum_cls]
         assert len(set(labels)) == len(labels)
 
 
 # ---------------------------------------------------------------------------- progress
 def test_parse_progress_line():
-    ev = ss.parse_progress_line('{"stage": "translate", "done": 7, "total": 18}\n')
-    assert ev == ss.ProgressEvent("translate", 7, 18)
+    ev = process.parse_progress_line('{"stage": "translate", "done": 7, "total": 18}\n')
+    assert ev == process.ProgressEvent("translate", 7, 18)
     for bad in ["", "Traceback (most recent call last):", "{not json}", "[1, 2]",
                 '{"stage": "x"}', '{"done": 1, "total": 2}', '{"stage": "x", "done": "a", "total": 2}',
                 '{"stage": "", "done": 1, "total": 2}', '{"stage": "x", "done": true, "total": 2}',
                 'translate [####....] 7/18']:
-        assert ss.parse_progress_line(bad) is None, bad
+        assert process.parse_progress_line(bad) is None, bad
 
 
 def test_progress_tracker_is_monotonic_and_reaches_one():
-    t = ss.ProgressTracker()
+    t = process.ProgressTracker()
     seen = []
-    for stage, _ in ss.STAGE_WEIGHTS:
+    for stage, _ in process.STAGE_WEIGHTS:
         for done in range(0, 5):
-            seen.append(t.update(ss.ProgressEvent(stage, done, 4)))
+            seen.append(t.update(process.ProgressEvent(stage, done, 4)))
     assert seen == sorted(seen)
     assert seen[-1] == pytest.approx(1.0)
     assert t.percent == 100
     # late or unknown events do not move the bar backwards, but update the text
-    t.update(ss.ProgressEvent("load", 0, 4))
+    t.update(process.ProgressEvent("load", 0, 4))
     assert t.fraction == pytest.approx(1.0)
-    t.update(ss.ProgressEvent("mystery", 1, 3))
+    t.update(process.ProgressEvent("mystery", 1, 3))
     assert "Mystery" in t.status and "1/3" in t.status
 
 
 def test_progress_tracker_midway():
-    t = ss.ProgressTracker()
-    t.update(ss.ProgressEvent("translate", 9, 18))
-    start = dict(ss.STAGE_WEIGHTS)["load"]
-    assert t.fraction == pytest.approx(start + dict(ss.STAGE_WEIGHTS)["translate"] / 2)
+    t = process.ProgressTracker()
+    t.update(process.ProgressEvent("translate", 9, 18))
+    start = dict(process.STAGE_WEIGHTS)["load"]
+    assert t.fraction == pytest.approx(start + dict(process.STAGE_WEIGHTS)["translate"] / 2)
     assert t.status.startswith("Converting") and "9/18" in t.status
 
 
@@ -186,7 +188,7 @@ def _alive(pid):
 
 
 def test_core_process_success(fake_cli, tmp_path):
-    proc = ss.CoreProcess([sys.executable, str(fake_cli), "ok", str(tmp_path)]).start()
+    proc = process.CoreProcess([sys.executable, str(fake_cli), "ok", str(tmp_path)]).start()
     events, logs = [], []
 
     def collect(out):
@@ -199,19 +201,19 @@ def test_core_process_success(fake_cli, tmp_path):
     assert "stdout: hello from stdout" in logs
     assert any("not progress" in line for line in logs)
     assert proc.poll().finished is False  # reported once only
-    result = ss.read_transform_json(tmp_path / "transform.json")
+    result = contract.read_transform_json(tmp_path / "transform.json")
     assert result["moving_to_fixed_ras"][0][3] == 2.0
 
 
 def test_core_process_failure_message(fake_cli, tmp_path):
-    proc = ss.CoreProcess([sys.executable, str(fake_cli), "fail", str(tmp_path)]).start()
+    proc = process.CoreProcess([sys.executable, str(fake_cli), "fail", str(tmp_path)]).start()
     assert proc.wait(timeout=30) == 3
     assert proc.error_message == "error: the axial volume is 2D"
 
 
 @pytest.mark.skipif(os.name == "nt", reason="process-group check written for POSIX")
 def test_core_process_cancel_kills_the_whole_tree(fake_cli, tmp_path):
-    proc = ss.CoreProcess([sys.executable, str(fake_cli), "hang", str(tmp_path)]).start()
+    proc = process.CoreProcess([sys.executable, str(fake_cli), "hang", str(tmp_path)]).start()
     deadline = time.monotonic() + 30
     got = []
     while not got and time.monotonic() < deadline:
@@ -234,7 +236,7 @@ def test_core_process_cancel_kills_the_whole_tree(fake_cli, tmp_path):
 
 
 def test_core_process_cannot_start_twice(fake_cli, tmp_path):
-    proc = ss.CoreProcess([sys.executable, str(fake_cli), "ok", str(tmp_path)]).start()
+    proc = process.CoreProcess([sys.executable, str(fake_cli), "ok", str(tmp_path)]).start()
     with pytest.raises(RuntimeError):
         proc.start()
     proc.wait(timeout=30)
@@ -251,22 +253,22 @@ GOOD = {"moving_to_fixed_ras": np.eye(4).tolist(), "method": "ours", "metric": 0
 
 
 def test_read_transform_json_accepts_contract(tmp_path):
-    data = ss.read_transform_json(_write(tmp_path / "t.json", GOOD))
+    data = contract.read_transform_json(_write(tmp_path / "t.json", GOOD))
     assert data["moving_to_fixed_ras"] == np.eye(4).tolist()
-    assert ss.subset_curve(data) == ([0, 1, 3], [0.3, 0.2, 0.1])
-    line = ss.format_metrics(data)
+    assert results.subset_curve(data) == ([0, 1, 3], [0.3, 0.2, 0.1])
+    line = results.format_metrics(data)
     assert line.startswith("final NCC 0.1 | metric within the success threshold |"), line
     assert "3.0 s" in line and "subset 4" in line and "converged" not in line
     # every method the core reports has a metric name (no bare "metric")
     for method, name in (("ours", "NCC"), ("ours+mi-polish", "negative Mattes MI"), ("paper", "MSE"),
                          ("mi", "negative Mattes MI")):
-        assert ss.format_metrics(dict(GOOD, method=method)).startswith(f"final {name} 0.1 |"), method
-    assert ss.format_metrics(dict(GOOD, method="elastix")).startswith("final metric 0.1 |")
-    assert ss.format_metrics(dict(GOOD, metric_name="Dice")).startswith("final Dice 0.1 |")
-    flagged_line = ss.format_metrics(dict(GOOD, success=False))
+        assert results.format_metrics(dict(GOOD, method=method)).startswith(f"final {name} 0.1 |"), method
+    assert results.format_metrics(dict(GOOD, method="elastix")).startswith("final metric 0.1 |")
+    assert results.format_metrics(dict(GOOD, metric_name="Dice")).startswith("final Dice 0.1 |")
+    flagged_line = results.format_metrics(dict(GOOD, success=False))
     assert "outside the success threshold" in flagged_line and "converged" not in flagged_line
-    assert ss.completion_status(data, 12.4) == "Done in 12 s."
-    flagged = ss.completion_status(dict(GOOD, success=False, translator_note="no checkpoint"), 3)
+    assert results.completion_status(data, 12.4) == "Done in 12 s."
+    flagged = results.completion_status(dict(GOOD, success=False, translator_note="no checkpoint"), 3)
     assert "unsuccessful" in flagged and flagged.endswith("no checkpoint")
 
 
@@ -278,24 +280,24 @@ def test_read_transform_json_accepts_contract(tmp_path):
     dict(GOOD, moving_to_fixed_ras="eye"),
 ])
 def test_read_transform_json_rejects(tmp_path, bad):
-    with pytest.raises(ss.OutputError):
-        ss.read_transform_json(_write(tmp_path / "t.json", bad))
+    with pytest.raises(contract.OutputError):
+        contract.read_transform_json(_write(tmp_path / "t.json", bad))
 
 
 def test_read_transform_json_missing_and_garbage(tmp_path):
-    with pytest.raises(ss.OutputError, match="missing"):
-        ss.read_transform_json(tmp_path / "nope.json")
+    with pytest.raises(contract.OutputError, match="missing"):
+        contract.read_transform_json(tmp_path / "nope.json")
     (tmp_path / "g.json").write_text("{")
-    with pytest.raises(ss.OutputError):
-        ss.read_transform_json(tmp_path / "g.json")
+    with pytest.raises(contract.OutputError):
+        contract.read_transform_json(tmp_path / "g.json")
 
 
 def test_missing_outputs(tmp_path):
-    assert ss.missing_outputs(tmp_path, False, False) == ["transform.json", "coronal_synthT2.nii.gz"]
+    assert results.missing_outputs(tmp_path, False, False) == ["transform.json", "coronal_synthT2.nii.gz"]
     for n in ("transform.json", "coronal_synthT2.nii.gz", "coronal_labels_on_axial.nii.gz"):
         (tmp_path / n).write_text("x")
-    assert ss.missing_outputs(tmp_path, True, False) == []
-    assert ss.missing_outputs(tmp_path, True, True) == ["axial_labels_on_coronal.nii.gz"]
+    assert results.missing_outputs(tmp_path, True, False) == []
+    assert results.missing_outputs(tmp_path, True, True) == ["axial_labels_on_coronal.nii.gz"]
 
 
 # ---------------------------------------------------------------------------- requirements
@@ -303,25 +305,25 @@ def test_requirements_parsing_and_missing(tmp_path):
     f = tmp_path / "req.txt"
     f.write_text("# comment\nnibabel==5.3.2  # pinned\n\n--index-url https://x\nsafetensors>=0.4\n"
                  "pywin32==306; sys_platform == 'win32' and sys_platform == 'linux'\n")
-    reqs = ss.read_requirements(f)
+    reqs = requirements.read_requirements(f)
     assert reqs[:2] == ["nibabel==5.3.2", "safetensors>=0.4"]
     versions = {"nibabel": "5.3.2", "safetensors": "0.3.0"}
-    assert ss.missing_requirements(reqs, versions.get) == ["safetensors>=0.4"]
-    assert ss.missing_requirements(reqs, {"safetensors": "0.5"}.get) == ["nibabel==5.3.2"]
+    assert requirements.missing_requirements(reqs, versions.get) == ["safetensors>=0.4"]
+    assert requirements.missing_requirements(reqs, {"safetensors": "0.5"}.get) == ["nibabel==5.3.2"]
 
 
 # ---------------------------------------------------------------------------- metrics
 def test_tre_translation_and_rotation():
-    pts = ss.box_corners_ras(np.diag([2.0, 2.0, 5.0, 1.0]), (10, 20, 4))
+    pts = results.box_corners_ras(np.diag([2.0, 2.0, 5.0, 1.0]), (10, 20, 4))
     assert len(pts) == 9
     assert [0.0, 0.0, 0.0] in pts and [18.0, 38.0, 15.0] in pts
     shifted = np.eye(4)
     shifted[:3, 3] = [1.0, 2.0, 2.0]
-    tre = ss.tre_mm(shifted, np.eye(4), pts)
+    tre = results.tre_mm(shifted, np.eye(4), pts)
     assert tre["mean"] == pytest.approx(3.0) and tre["max"] == pytest.approx(3.0)
     rot = np.eye(4)
     rot[:2, :2] = [[0, -1], [1, 0]]  # 90 degrees about S: error grows with distance from the axis
-    tre = ss.tre_mm(rot, np.eye(4), [[10, 0, 0], [0, 0, 5]])
+    tre = results.tre_mm(rot, np.eye(4), [[10, 0, 0], [0, 0, 5]])
     assert tre["per_point"] == pytest.approx([np.sqrt(200), 0.0])
 
 
@@ -332,13 +334,13 @@ def test_dice_per_label():
     b[1:3] = 1
     a[3, 3, 1] = 2
     b[0, 0, 0] = 5
-    d = ss.dice_per_label(a, b)
+    d = results.dice_per_label(a, b)
     assert d[1] == pytest.approx(2 * 8 / 32)
     assert d[2] == 0.0 and d[5] == 0.0
-    assert ss.dice_per_label(a, a) == {1: 1.0, 2: 1.0}
-    assert ss.dice_per_label(a, b, labels=[7]) == {}
+    assert results.dice_per_label(a, a) == {1: 1.0, 2: 1.0}
+    assert results.dice_per_label(a, b, labels=[7]) == {}
     with pytest.raises(ValueError):
-        ss.dice_per_label(a, b[:2])
+        results.dice_per_label(a, b[:2])
 
 
 # ---------------------------------------------------------------------------- the real core CLI
@@ -349,14 +351,11 @@ SAMPLE = LIB / "Resources" / "SampleData"
 def test_real_core_cli_reports_progress_the_module_understands_and_cancels(tmp_path):
     """The module's command, run with this Python as 'PythonSlicer': the first JSON progress line
     parses, and Cancel stops the run (the sample case takes minutes, so it is still running)."""
-    if not (LIB / "MultimodalRegistrationLib" / "cli.py").is_file():
-        pytest.skip("core CLI not written yet")
-    files = {k: SAMPLE / v for k, v in ss.SAMPLE_FILES.items()}
-    if not all(p.is_file() for p in files.values()):
-        pytest.skip("sample case not shipped yet")
-    cmd = ss.build_register_command(sys.executable, files["coronal"], files["axial"], tmp_path / "out",
+    files = {k: SAMPLE / v for k, v in contract.SAMPLE_VOLUME_FILES.items()}
+    assert [p.name for p in files.values() if not p.is_file()] == [], "the bundled sample case is incomplete"
+    cmd = command.build_register_command(sys.executable, files["coronal"], files["axial"], tmp_path / "out",
                                     coronal_labels=files["coronal_labels"], device="cpu")
-    proc = ss.CoreProcess(cmd, env=ss.child_environment(LIB), cwd=tmp_path).start()
+    proc = process.CoreProcess(cmd, env=command.child_environment(LIB), cwd=tmp_path).start()
     events, deadline = [], time.monotonic() + 120
     while not events and time.monotonic() < deadline:
         if not proc.is_running():  # ended early: drain what the reader threads still hold
@@ -365,7 +364,7 @@ def test_real_core_cli_reports_progress_the_module_understands_and_cancels(tmp_p
         events += proc.poll().progress
         time.sleep(0.05)
     assert events, f"no progress line; stderr: {proc.stderr_lines[-5:]}"
-    assert events[0].stage in dict(ss.STAGE_WEIGHTS)
+    assert events[0].stage in dict(process.STAGE_WEIGHTS)
     proc.cancel()
     assert not proc.is_running()
     assert proc.wait(timeout=10) != 0

@@ -60,8 +60,8 @@ def _quiet_qt_messages():
 def build_panel(result_dir: Path | None = None, running: bool = False):
     """Load the .ui with stand-ins and put it in the state to picture."""
     import slicer_stubs as stubs
-    from MultimodalRegistrationLib.slicer_support import (OUTPUT_FILES, completion_status, format_metrics,
-                                                        read_transform_json)
+    from MultimodalRegistrationLib.contract import OUTPUT_FILES, read_transform_json
+    from MultimodalRegistrationSlicerLib.results import completion_status, format_metrics
 
     _quiet_qt_messages()
     panel = stubs.load_ui(UI_FILE)
@@ -73,7 +73,7 @@ def build_panel(result_dir: Path | None = None, running: bool = False):
     apply_button.setToolTip("Register the coronal ceT1 to the axial T2 and transfer the labels.")
     if running:
         # what the widget shows while the core runs: Cancel, progress from the JSON lines, inputs locked
-        from MultimodalRegistrationLib.slicer_support import ProgressEvent, ProgressTracker
+        from MultimodalRegistrationSlicerLib.process import ProgressEvent, ProgressTracker
 
         tracker = ProgressTracker()
         for event in (ProgressEvent("load", 1, 1), ProgressEvent("translate", 1, 1), ProgressEvent("register", 12, 37)):

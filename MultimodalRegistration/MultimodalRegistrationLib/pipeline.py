@@ -17,23 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, geometry, labels as labels_mod
+from .contract import FUSED_CHANNELS, OUTPUT_FILES
 from .errors import InputError
 from .progress import ProgressFn, report
 from .volume import Volume, atomic_write, check_labels_match, load_volume, obliquity_deg, plane, save_volume
-
-OUTPUT_FILES = {
-    "transform_json": "transform.json",
-    "transform_tfm": "transform.tfm",
-    "synth": "coronal_synthT2.nii.gz",
-    "cet1_on_axial": "coronal_ceT1_on_axial.nii.gz",
-    "fused": "fused.nii.gz",
-    "coronal_labels_on_axial": "coronal_labels_on_axial.nii.gz",
-    "axial_labels_on_coronal": "axial_labels_on_coronal.nii.gz",
-    "label_colors": "labels_colors.txt",
-    "report_json": "report.json",
-    "report_png": "report.png",
-}
-FUSED_CHANNELS = ("axial_T2", "registered_ceT1", "registered_synthT2")
 
 
 @dataclass
@@ -184,7 +171,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         report(progress, "write", step, n_write)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_volume(synth, out_dir / OUTPUT_FILES["synth"], dtype=np.float32); tick()
+    save_volume(synth, out_dir / OUTPUT_FILES["synth_t2"], dtype=np.float32); tick()
     save_volume(cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32); tick()
     save_volume(ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32); tick()
     if cl_on_ax is not None:

@@ -17,16 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics, simulate
+from .contract import SAMPLE_DATA_FOLDER, SAMPLE_FILES
 from .volume import Volume, load_volume
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
-SAMPLE_FILES = {
-    "coronal": "sample_coronal_ceT1.nii.gz",
-    "axial": "sample_axial_T2.nii.gz",
-    "coronal_labels": "sample_coronal_labels.nii.gz",
-    "axial_labels": "sample_axial_labels.nii.gz",
-    "truth": "sample_ground_truth.json",
-}
+SAMPLE_DIR = Path(__file__).resolve().parent.parent.joinpath(*SAMPLE_DATA_FOLDER)
 SAMPLE_SEED = 11
 SAMPLE_PARAMS = simulate.SimParams(cor_inplane_mm=(0.8, 0.8), cor_slice_mm=(3.0, 3.0), cor_slices=(18, 18),
                                    cor_fov_mm=(180.0, 180.0), ax_inplane_mm=(0.5, 0.5), ax_slice_mm=(4.0, 4.0),

@@ -87,11 +87,6 @@ class Volume:
         return xyz @ inv[:3, :3].T + inv[:3, 3]
 
 
-def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
-    """True when both volumes have the same shape and (to ``atol`` mm) the same affine."""
-    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
-
-
 def slice_axis(vol: Volume) -> int:
     """The voxel axis along which the stack was acquired: the one with the largest spacing.
 

@@ -15,9 +15,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "MultimodalRegistration"))
-from MultimodalRegistrationLib.slicer_support import (  # noqa: E402
-    OUTPUT_FILES, SAMPLE_FILES, SAMPLE_GROUND_TRUTH, SAMPLE_GROUND_TRUTH_KEY, box_corners_ras, dice_per_label,
-    read_transform_json, tre_mm)
+from MultimodalRegistrationLib.contract import (  # noqa: E402
+    OUTPUT_FILES, SAMPLE_FILES, SAMPLE_GROUND_TRUTH, SAMPLE_GROUND_TRUTH_KEY, read_transform_json)
+from MultimodalRegistrationSlicerLib.results import box_corners_ras, dice_per_label, tre_mm  # noqa: E402
 
 out = Path(sys.argv[1])
 sample = ROOT / "MultimodalRegistration" / "Resources" / "SampleData"
