@@ -166,13 +166,19 @@ def test_search_cr_registers_real_cet1_to_t2_and_flags_it(cases):
         assert r.success is True and cons["mm"] < cons["threshold_mm"], cons
 
 
-def test_search_cr_flags_a_wrong_result(cases):
-    """A result forced far from the truth (search off, start 25 mm away) is flagged unsuccessful by the
-    consistency check, which runs its own search."""
+def test_search_cr_flags_a_wrong_result_and_the_backward_run_rescues_it(cases):
+    """A forward result forced far from the truth (search off, 2 steps, start 25 mm away) disagrees with
+    the backward run, which has its own search: without the rescue it is flagged unsuccessful; with it
+    (the default) the forward direction restarts from the backward result and both agree on the truth."""
     case = _with_header_error(cases[0], 0.0, 25.0)
-    r = register(case.coronal_cet1, case.axial_t2, "search-cr", params={"init": "header", "iterations": (2, 2)})
+    forced = {"init": "header", "iterations": (2, 2)}
+    r = register(case.coronal_cet1, case.axial_t2, "search-cr", params=dict(forced, rescue=False))
     assert _tre(case, r.moving_to_fixed, case.coronal_cet1)["mean"] > 10
     assert r.success is False and r.details["consistency"]["mm"] > 10
+    r = register(case.coronal_cet1, case.axial_t2, "search-cr", params=forced)
+    assert r.details["consistency"]["restarted_from_the_other"] == ["forward"]
+    # the restart also gets only 2 steps per level here: near the truth (2.5 mm observed), not at it
+    assert _tre(case, r.moving_to_fixed, case.coronal_cet1)["mean"] < 3.5 and r.details["consistency"]["mm"] < 4.0
 
 
 def test_search_cr_without_check_says_success_is_unknown(fast_case):

@@ -136,7 +136,10 @@ def cmd_demo(args) -> int:
                            progress=make_progress(args.progress))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
+    """The parser; ``only`` names the one delegated subcommand whose module is imported ("*": all, None:
+    none). ``main`` imports only the module of the command it runs: importing all of them (torch, the
+    GAN, the benchmarks) cost every `mmreg register` start-up time."""
     parser = argparse.ArgumentParser(prog="mmreg", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -167,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (module, help_text) in DELEGATED.items():
         p = sub.add_parser(name, help=help_text)
+        if only != "*" and name != only:
+            continue
         try:
             mod = importlib.import_module(f"{__package__}.{module}")
         except ImportError as exc:
@@ -183,8 +188,15 @@ def _unavailable(name, exc):
     return run
 
 
+def _requested_command(argv) -> str | None:
+    for tok in (sys.argv[1:] if argv is None else list(argv)):
+        if not str(tok).startswith("-"):
+            return str(tok)
+    return None
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
+    parser = build_parser(only=_requested_command(argv))
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.simplefilter("default")

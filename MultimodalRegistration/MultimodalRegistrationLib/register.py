@@ -891,6 +891,7 @@ SEARCH_CR_DEFAULTS = dict(
 SEARCH_CR_DEFAULTS["consistency"] = True          # run the backward registration as well
 SEARCH_CR_DEFAULTS["consistency_mm"] = SEARCH_CR_CONSISTENCY_MM
 SEARCH_CR_DEFAULTS["symmetric"] = True            # consistent results: the rigid mean of both estimates
+SEARCH_CR_DEFAULTS["rescue"] = True               # inconsistent: refine each direction from the other's result
 
 
 def midpoint_transform(moving: Volume, fixed: Volume, A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -935,7 +936,8 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
     if unknown:
         raise InputError(f"unknown parameter(s) for method 'search-cr': {', '.join(sorted(unknown))}")
     check = bool(p.pop("consistency"))
-    p.pop("symmetric", None)
+    symmetric = bool(p.pop("symmetric"))
+    rescue = bool(p.pop("rescue"))
     tol = float(p.pop("consistency_mm"))
     t0 = time.perf_counter()
     fwd = register_ours(moving, fixed, params=dict(p), progress=progress, device=device, seed=seed)
@@ -955,7 +957,7 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
         bwd = register_ours(fixed_1mm, moving, params=pb, progress=None, device=device, seed=seed + 1)
         d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
         swapped = []
-        if not (np.isfinite(d) and d <= tol):
+        if not (np.isfinite(d) and d <= tol) and rescue:
             # They disagree: one of them may sit in a local optimum that the other's result escapes.
             # Each direction is refined again from the other's result and keeps whichever of its two
             # results its own metric prefers; then they are compared again.
@@ -975,7 +977,7 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
                                   "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist(),
                                   "forward_moving_to_fixed_ras": np.asarray(fwd.moving_to_fixed).tolist()}
         success = bool(np.isfinite(d) and d <= tol)
-        if success and p.get("symmetric", True):
+        if success and symmetric:
             # two independent estimates that agree: their rigid mean halves the error variance
             M = midpoint_transform(moving, fixed, fwd.moving_to_fixed, np.linalg.inv(bwd.moving_to_fixed))
             details["result"] = "rigid mean of the forward and backward estimates"
