@@ -204,3 +204,11 @@ def test_cr_fit_recovers_a_nonlinear_intensity_map():
     assert cr > 0.999
     cr0, *_ = _cr_fit(m, torch.rand(5000, generator=g, dtype=torch.float64), w, knots)
     assert cr0 < 0.01
+
+
+def test_saved_case_round_trip(fast_case, tmp_path):
+    simulate.save_case(fast_case, tmp_path / "c")
+    back = simulate.load_case(tmp_path / "c")
+    assert np.allclose(back.moving_to_fixed, fast_case.moving_to_fixed)
+    assert np.allclose(back.coronal_cet1.affine, fast_case.coronal_cet1.affine, atol=1e-5)
+    assert back.axial_t2.shape == fast_case.axial_t2.shape

@@ -279,6 +279,17 @@ def save_case(case: SimCase, folder: str | os.PathLike, prefix: str = "") -> Pat
     return folder
 
 
+def load_case(folder: str | os.PathLike, prefix: str = "") -> SimCase:
+    """Reads a case written by :func:`save_case` (used by the scripts of benchmarks/results/search_cr_dev/)."""
+    folder = Path(folder)
+    vols = {}
+    for attr, fname in CASE_FILES.items():
+        f = folder / f"{prefix}{fname}"
+        vols[attr] = load_volume(f, labels="labels" in attr) if f.exists() else None
+    gt = json.loads((folder / f"{prefix}ground_truth.json").read_text())
+    return SimCase(moving_to_fixed=np.asarray(gt["moving_to_fixed_ras"]), meta=gt.get("meta", {}), **vols)
+
+
 # ----------------------------------------------------------------------------- sources
 
 def default_data_root() -> Path:
