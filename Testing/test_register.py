@@ -57,7 +57,7 @@ def test_ours_recovers_known_offset(cases, optimizer):
     for case in cases:
         r = register(case.coronal_t2, case.axial_t2, "ours", params={"optimizer": optimizer})
         t = _tre(case, r.moving_to_fixed)
-        assert t["median"] < 0.8 and t["p95"] < 1.5, t
+        assert t["median"] < 0.3 and t["p95"] < 0.5, t     # observed 0.12-0.14 / 0.14-0.25 mm
         assert r.success
 
 
@@ -97,7 +97,7 @@ def test_ours_global_search_recovers_15mm_8deg(fast_case):
     assert t0["median"] > 10.0                             # the headers alone are far off
     r = register(case.coronal_t2, case.axial_t2, "ours")
     t = _tre(case, r.moving_to_fixed)
-    assert t["median"] < 0.8 and t["p95"] < 1.5, t
+    assert t["median"] < 0.3 and t["p95"] < 0.5, t
     rot, trans = metrics.transform_error(r.moving_to_fixed, case.moving_to_fixed, case.axial_t2.center_world())
     assert rot < 1.0 and trans < 1.5
 
@@ -111,7 +111,7 @@ def test_ours_rejects_bad_parameters(fast_case):
 
 def test_ours_trusting_headers_refines_small_offsets(fast_case):
     r = register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params={"init": "header"})
-    assert _tre(fast_case, r.moving_to_fixed)["median"] < 0.8
+    assert _tre(fast_case, r.moving_to_fixed)["median"] < 0.3
 
 
 @pytest.mark.parametrize("seed", [7])
@@ -161,7 +161,7 @@ def test_search_cr_registers_real_cet1_to_t2_and_flags_it(cases):
     for case in cases:
         r = register(case.coronal_cet1, case.axial_t2, "search-cr")
         t = _tre(case, r.moving_to_fixed, case.coronal_cet1)
-        assert r.method == "search-cr" and t["mean"] < 1.5, t
+        assert r.method == "search-cr" and t["mean"] < 1.0, t    # observed 0.36 and 0.60 mm
         cons = r.details["consistency"]
         assert r.success is True and cons["mm"] < cons["threshold_mm"], cons
 
