@@ -892,6 +892,7 @@ SEARCH_CR_DEFAULTS["consistency"] = True          # run the backward registratio
 SEARCH_CR_DEFAULTS["consistency_mm"] = SEARCH_CR_CONSISTENCY_MM
 SEARCH_CR_DEFAULTS["symmetric"] = True            # consistent results: the rigid mean of both estimates
 SEARCH_CR_DEFAULTS["rescue"] = True               # inconsistent: refine each direction from the other's result
+SEARCH_CR_DEFAULTS["passes"] = 2                  # still inconsistent: search again around the forward result
 
 
 def midpoint_transform(moving: Volume, fixed: Volume, A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -924,6 +925,29 @@ def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward:
     return float(np.linalg.norm(a - b, axis=1).mean())
 
 
+def _forward_backward(moving, fixed, fixed_1mm, fwd, p, pb, tol, rescue, device, seed):
+    """The backward registration for the forward result ``fwd`` and their disagreement (mm), with the
+    rescue: when they disagree, each direction is refined again from the other's result and keeps
+    whichever of its two results its own metric prefers (one of them may sit in a local optimum that
+    the other's result escapes). Returns (fwd, bwd, mm, which directions took the other's start)."""
+    bwd = register_ours(fixed_1mm, moving, params=pb, progress=None, device=device, seed=seed + 1)
+    d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+    swapped = []
+    if not (np.isfinite(d) and d <= tol) and rescue:
+        ph = dict(p, init="header", initial_transform=np.linalg.inv(bwd.moving_to_fixed))
+        f2 = register_ours(moving, fixed, params=ph, progress=None, device=device, seed=seed)
+        pbh = dict(pb, init="header", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
+        b2 = register_ours(fixed_1mm, moving, params=pbh, progress=None, device=device, seed=seed + 1)
+        if np.isfinite(f2.metric) and f2.metric > fwd.metric:
+            fwd = f2
+            swapped.append("forward")
+        if np.isfinite(b2.metric) and b2.metric > bwd.metric:
+            bwd = b2
+            swapped.append("backward")
+        d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+    return fwd, bwd, d, swapped
+
+
 def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = None, progress=None,
                        device: str = "cpu", seed: int = 0) -> RegistrationResult:
     """The default: global FFT search on gradient magnitudes, then Levenberg-Marquardt on the
@@ -938,6 +962,7 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
     check = bool(p.pop("consistency"))
     symmetric = bool(p.pop("symmetric"))
     rescue = bool(p.pop("rescue"))
+    passes = int(p.pop("passes"))
     tol = float(p.pop("consistency_mm"))
     t0 = time.perf_counter()
     fwd = register_ours(moving, fixed, params=dict(p), progress=progress, device=device, seed=seed)
@@ -946,34 +971,35 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: dict | None = N
     details["similarity"] = "correlation ratio (fixed given moving), search on gradient magnitude"
     success = None
     if check:
+        # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
+        # finest level samples it at 4 mm: the native 0.5 mm grid only costs time)
+        fixed_1mm = block_mean(fixed, level_factors(fixed, 1.0))
         pb = dict(p)
         if pb["init"] == "header":          # the check always runs its own global search
             pb["init"] = "search"
         if pb.get("initial_transform") is not None:
             pb["initial_transform"] = np.linalg.inv(np.asarray(pb["initial_transform"], dtype=np.float64))
-        # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
-        # finest level samples it at 4 mm: the native 0.5 mm grid only costs time)
-        fixed_1mm = block_mean(fixed, level_factors(fixed, 1.0))
-        bwd = register_ours(fixed_1mm, moving, params=pb, progress=None, device=device, seed=seed + 1)
-        d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
-        swapped = []
-        if not (np.isfinite(d) and d <= tol) and rescue:
-            # They disagree: one of them may sit in a local optimum that the other's result escapes.
-            # Each direction is refined again from the other's result and keeps whichever of its two
-            # results its own metric prefers; then they are compared again.
-            ph = dict(p, init="header", initial_transform=np.linalg.inv(bwd.moving_to_fixed))
-            f2 = register_ours(moving, fixed, params=ph, progress=None, device=device, seed=seed)
-            pbh = dict(pb, init="header", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
-            b2 = register_ours(fixed_1mm, moving, params=pbh, progress=None, device=device, seed=seed + 1)
-            if np.isfinite(f2.metric) and f2.metric > fwd.metric:
-                fwd, M = f2, f2.moving_to_fixed
-                swapped.append("forward")
-            if np.isfinite(b2.metric) and b2.metric > bwd.metric:
-                bwd = b2
-                swapped.append("backward")
-            d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+        history = []
+        for k in range(max(1, passes)):
+            if k > 0:
+                # still no agreement: both searches again, centred on the current forward estimate
+                # (a rotation beyond the search lattice is reached in two steps)
+                p = dict(p, init="search", initial_transform=fwd.moving_to_fixed)
+                pb = dict(pb, init="search", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
+                f_new = register_ours(moving, fixed, params=dict(p), progress=None, device=device, seed=seed)
+            else:
+                f_new = fwd
+            f_new, b_new, d_new, swapped = _forward_backward(moving, fixed, fixed_1mm, f_new, p, pb, tol, rescue,
+                                                             device, seed)
+            history.append({"pass": k + 1, "mm": d_new, "restarted_from_the_other": swapped})
+            if k == 0 or d_new < d:
+                fwd, bwd, d = f_new, b_new, d_new
+            if np.isfinite(d) and d <= tol:
+                break
+        M = fwd.moving_to_fixed
         details["consistency"] = {"mm": d, "threshold_mm": tol, "backward_metric": float(bwd.metric),
-                                  "restarted_from_the_other": swapped,
+                                  "restarted_from_the_other": history[0]["restarted_from_the_other"],
+                                  "passes": history,
                                   "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist(),
                                   "forward_moving_to_fixed_ras": np.asarray(fwd.moving_to_fixed).tolist()}
         success = bool(np.isfinite(d) and d <= tol)
