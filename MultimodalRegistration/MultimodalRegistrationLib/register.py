@@ -74,6 +74,7 @@ OURS_DEFAULTS = {
     "fixed_mask_frac": 0.08,     # fixed voxels above this share of its robust max are compared (0 = all)
     "cr_bins": 10,               # cr: intensity bins (search) / knots of the piecewise-linear map (refinement)
     "success_ncc": OURS_SUCCESS_NCC,
+    "also_search_from_center": False,  # init "search": also search around the signal centroids (pooled)
     "torch_threads": 1,          # the problem is small: more intra-op threads only add overhead (and
                                  # stall badly on a busy machine: 59 s instead of 7 s with 2 threads)
 }
@@ -828,6 +829,13 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
     if init in ("search", "center"):
         t1 = time.perf_counter()
         cands = _fft_ncc_search(mov, moving, fix, fixed, fix_mask, M0, p, torch, progress)
+        if init == "search" and p.get("also_search_from_center"):
+            # a second search around the signal centroids (the headers' rotation kept), pooled with
+            # the first: it finds cases whose header positions are off by more than the search range,
+            # or where a wrong peak near the header start outscores the true one further away
+            Mc = center_init(moving.with_array(mov), fixed.with_array(fix)) @ M0
+            cands = sorted(cands + _fft_ncc_search(mov, moving, fix, fixed, fix_mask, Mc, p, torch, None),
+                           key=lambda c: -c[0])
         details["search_best_ncc"] = cands[0][0]
         timings["search"] = time.perf_counter() - t1
         cands = _distinct(cands, int(p["top_k"]))
@@ -885,6 +893,7 @@ SEARCH_CR_DEFAULTS = dict(
     search_feature="gradmag",    # the FFT search compares gradient magnitudes (contrast-independent edges)
     fixed_mask_frac=0.0,         # every fixed voxel counts (the head outline against the background)
     cr_bins=16,
+    also_search_from_center=True,
     iterations=(40, 30),         # LM on the ratio converges more slowly than on NCC (it stops once converged)
     success_ncc=0.0,             # not used: success comes from the consistency check
 )
