@@ -283,14 +283,15 @@ def extract_slices(a: np.ndarray, b: np.ndarray, affine: np.ndarray, n: int, rng
         tries += 1
         plane = names[rng.choice(len(names), p=probs)]
         ax = _plane_axis(affine, plane)
-        fg = (an > 0.05).sum(axis=tuple(i for i in range(3) if i != ax))
+        # foreground of both (a noisy background can pass 0.05 on one contrast outside the head)
+        fg = ((an > 0.05) & (bn > 0.05)).sum(axis=tuple(i for i in range(3) if i != ax))
         valid = np.flatnonzero(fg > min_fg * fg.max())
         if valid.size == 0:
             continue
         idx = int(valid[rng.integers(valid.size)])
         sa = np.take(an, idx, axis=ax)
         sb = np.take(bn, idx, axis=ax)
-        if (sa > 0.05).mean() < 0.03:
+        if (sa > 0.05).mean() < 0.03 or (sb > 0.05).mean() < 0.03:
             continue
         # random square field of view (mm) around the foreground centre, with jitter
         sp = float(np.mean([spacing[i] for i in range(3) if i != ax]))
@@ -316,6 +317,21 @@ def extract_slices(a: np.ndarray, b: np.ndarray, affine: np.ndarray, n: int, rng
     return np.stack(xa).astype(np.float32), np.stack(xb).astype(np.float32)
 
 
+def resample_isotropic(a: np.ndarray, affine: np.ndarray, spacing: float = 1.0):
+    """``a`` resampled (linear) to ``max(spacing, finest voxel size)`` mm isotropic voxels, with its affine:
+    the slice extraction treats a slice's pixels as square, so anisotropic volumes are resampled first."""
+    sp = np.linalg.norm(affine[:3, :3], axis=0)
+    iso = max(float(spacing), float(sp.min()))
+    if np.allclose(sp, iso, rtol=1e-3):
+        return a, affine
+    zoom = sp / iso
+    out = ndi.zoom(a, zoom, order=1, grid_mode=True, mode="grid-constant").astype(np.float32)
+    aff = affine.copy()
+    aff[:3, :3] = affine[:3, :3] / zoom
+    aff[:3, 3] = affine[:3, :3] @ (0.5 / zoom - 0.5) + affine[:3, 3]
+    return out, aff
+
+
 def skull_strip(a: np.ndarray, b: np.ndarray, base) -> tuple[np.ndarray, np.ndarray]:
     """A rendered pair reduced to the intracranial volume (as skull-stripped data are), with a 1 mm soft edge."""
     m = ndi.gaussian_filter(base[0]["icv"].astype(np.float32), 0.7)
@@ -339,7 +355,7 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
     t0 = time.time()
     A, B, src = [], [], []
     root = Path(root) if root else data_root()
-    real_cases = [c for c in (real_cases or BRATS_CASES) if c != holdout]
+    real_cases = [c for c in (BRATS_CASES if real_cases is None else real_cases) if c != holdout]
     if (root / "brats").exists():
         for case in real_cases:
             a, b, aff = load_brats_pair(case, root)
@@ -365,8 +381,8 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
         import nibabel as nib
 
         img = nib.load(str(f))
-        u = np.asarray(img.dataobj, dtype=np.float32)
-        xu, _ = extract_slices(u, u, np.asarray(img.affine, np.float64), slices_per_unpaired, rng, size, norm=norm)
+        u, uaff = resample_isotropic(np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, np.float64))
+        xu, _ = extract_slices(u, u, uaff, slices_per_unpaired, rng, size, norm=norm)
         U.append(xu)
         log(f"unpaired ceT1 {Path(f).name}: {len(xu)} slices ({time.time() - t0:.0f}s)")
     recipe = {"size": size, "n_synth": n_synth, "slices_per_synth": slices_per_synth,
@@ -379,6 +395,8 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part.npz")
     extra = {"A_unpaired": np.concatenate(U).astype(np.float16)} if U else {}
+    if not A:  # an unpaired-only set
+        A, B = [np.zeros((0, size, size), np.float32)], [np.zeros((0, size, size), np.float32)]
     np.savez_compressed(tmp, A=np.concatenate(A).astype(np.float16), B=np.concatenate(B).astype(np.float16),
                         source=np.array(src), recipe=json.dumps(recipe), **extra)
     os.replace(tmp, out)

@@ -280,8 +280,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, iterations: int, *, log_every: int = 100, sample_every: int = 1000, save_every_s: float = 300.0,
-            export_every: int = 0, progress: ProgressFn | None = None, log=print) -> dict:
-        """Trains until ``self.iteration == iterations``; returns the last losses."""
+            export_every: int = 0, progress: ProgressFn | None = None, log=print,
+            max_seconds: float | None = None) -> dict:
+        """Trains until ``self.iteration == iterations`` (or ``max_seconds`` of this call have passed:
+        the state and checkpoint are then saved and the run can be resumed); returns the last losses."""
+        t_call = time.monotonic()
         last_save = time.monotonic()
         t_prev = time.monotonic()
         acc: dict = {}
@@ -309,11 +312,15 @@ class Trainer:
                 self.sample_grid(self.out / f"samples_{self.iteration:06d}.png")
             if export_every and self.iteration % export_every == 0:
                 self.export(self.out / f"iter_{self.iteration:06d}_{DEFAULT_CHECKPOINT_NAME}")
-            if now - last_save > save_every_s or self.iteration == iterations:
+            out_of_time = max_seconds is not None and now - t_call >= max_seconds
+            if now - last_save > save_every_s or self.iteration == iterations or out_of_time:
                 self.save_state()
                 self.export()
                 last_save = time.monotonic()
             report(progress, "train", self.iteration, iterations)
+            if out_of_time:
+                log(f"stopping at iteration {self.iteration}: --max-seconds {max_seconds:g} reached")
+                break
         return losses
 
 
@@ -366,6 +373,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=None,
                         help="start a new run from this checkpoint's encoders/decoders ('default' = the bundled one); "
                              "ignored when --out holds a state to resume")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop (saving state and checkpoint, resumable) after this many seconds of this call")
     parser.add_argument("--unpaired-prob", type=float, default=0.0,
                         help="share of iterations whose ceT1 is an unpaired real slice (A_unpaired in --data)")
 
@@ -431,7 +440,7 @@ def run_cli(args) -> int:
     log(f"training {cfg.to_dict()} {tr.hp} on {len(A)} pairs, device {tr.device}, "
         f"{torch.get_num_threads()} threads, to iteration {args.iterations}")
     tr.run(args.iterations, log_every=args.log_every, sample_every=args.sample_every,
-           save_every_s=args.save_every_s, export_every=args.export_every, log=log)
+           save_every_s=args.save_every_s, export_every=args.export_every, log=log, max_seconds=args.max_seconds)
     log(f"done: iteration {tr.iteration}, wall {tr.wall:.0f}s; checkpoint {Path(args.out) / DEFAULT_CHECKPOINT_NAME}")
     return 0
 
