@@ -95,8 +95,8 @@ def main(argv=None) -> int:
         if row["reachable_its"] >= a.min_its:
             chosen = (cfg, rate)
             break
-    if chosen is None:
-        cfg, rate = NiceGanConfig(ch=CANDIDATES[-1][0], n_res=CANDIDATES[-1][1], img_size=size), None
+    if chosen is None:  # none reaches --min-its: the smallest, at its measured rate
+        cfg, rate = NiceGanConfig(ch=CANDIDATES[-1][0], n_res=CANDIDATES[-1][1], img_size=size), rate
     else:
         cfg, rate = chosen
     cmd = "python3 " + " ".join(sys.argv)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         tr.init_from(a.init_from)
     tr.commands.append(cmd)
     left = a.budget_s - (time.monotonic() - t_start) - 15
-    its = max(1, int((rate or 1.0) * left))
+    its = max(1, int(rate * left))
     report.update(chosen={"ch": cfg.ch, "n_res": cfg.n_res, "img_size": size}, planned_iterations=its)
     print(json.dumps({"training": report["chosen"], "iterations": its}), flush=True)
     tr.run(its, log_every=100, sample_every=max(500, its // 4), save_every_s=120, export_every=a.export_every,

@@ -36,16 +36,25 @@ def main():
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    prev = {}
+    if (out / "selection.json").exists():  # incremental: keep rows of checkpoints already evaluated
+        old = json.loads((out / "selection.json").read_text())
+        if old.get("cases") == a.cases:
+            prev = {(r["checkpoint"], r.get("sha256")): r for r in old["rows"]}
+    rows = list(prev.values())
     for ck in a.checkpoints:
         t = time.time()
         tr = load_translator(ck, "cpu")
+        if (str(ck), tr.meta.get("sha256")) in prev:
+            continue
         res = evaluate(tr, a.cases, None)
         pc = res["per_case"]
         ncc = {c: pc[c]["summary"]["ncc_T2_generated"]["mean"] for c in a.cases}
         csf = {c: bool(pc[c].get("csf_check", {}).get("csf_above_gm_and_wm", False)) for c in a.cases}
         psnr = {c: pc[c]["summary"]["psnr_T2_generated"]["mean"] for c in a.cases}
-        row = {"checkpoint": str(ck), "iterations": (tr.meta.get("training") or {}).get("iterations"),
+        row = {"checkpoint": str(ck), "sha256": tr.meta.get("sha256"), "commit": subprocess.run(
+                   ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               "normalisation": (tr.meta.get("normalisation") or {}).get("method"), "iterations": (tr.meta.get("training") or {}).get("iterations"),
                "ncc": ncc, "mean_ncc": float(np.mean(list(ncc.values()))), "csf_pass": csf,
                "n_csf_pass": int(sum(csf.values())), "psnr_T2": psnr, "seconds": round(time.time() - t, 1)}
         rows.append(row)
