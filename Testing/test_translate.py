@@ -175,8 +175,10 @@ def test_bundled_gan_beats_unconverted_on_rendered_pair():
     from MultimodalRegistrationLib import synth
     rng = np.random.default_rng(987654)
     a, b, aff, _ = synth.render_mni_pair(rng, synth.mni_tissues(step=2))  # 2 mm grid: fast
-    A, B = synth.extract_slices(a, b, aff, 6, rng, 128, planes=(("coronal", 1.0),), augment=False)
     tr = translate.load_translator("default", "cpu")
+    # slices normalised as the checkpoint's sidecar says (tissue-peak for the issue-12 bundle)
+    A, B = synth.extract_slices(a, b, aff, 6, rng, 128, planes=(("coronal", 1.0),), augment=False,
+                                norm=tr.meta["normalisation"])
     fake = tr.translate_slices(A, "ceT1-to-T2")
     mse_conv = float(np.mean((fake - B) ** 2))
     mse_raw = float(np.mean((A - B) ** 2))
