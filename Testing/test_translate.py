@@ -182,7 +182,7 @@ def test_bundled_gan_beats_unconverted_on_rendered_pair():
     fake = tr.translate_slices(A, "ceT1-to-T2")
     mse_conv = float(np.mean((fake - B) ** 2))
     mse_raw = float(np.mean((A - B) ** 2))
-    assert mse_conv < 0.7 * mse_raw, (mse_conv, mse_raw)
+    assert mse_conv < 0.3 * mse_raw, (mse_conv, mse_raw)  # observed 0.0098 vs 0.073 (0.13)
 
 
 def test_head_mask_keeps_dark_interior_and_zeroes_air(tiny_ckpt):
