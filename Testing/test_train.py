@@ -161,3 +161,34 @@ def test_train_cli_on_two_sets_with_validation(tmp_path, capsys):
     assert "val_mse_A2B" in (out / "losses.jsonl").read_text()
     assert main(["--data", str(tmp_path / "nope.npz"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_init_from_unpaired_pool_and_normalisation_record(tmp_path):
+    """Issue 12 levers: start from a checkpoint's encoders/decoders, draw some iterations from an
+    unpaired ceT1 pool (no paired loss for them), and record the data's normalisation in the export."""
+    A, B = _pairs(4)
+    U = A[:, ::-1].copy()  # "real ceT1 without a T2"
+    torch.manual_seed(5)
+    src = Trainer(A, B, tmp_path / "src", TINY, seed=5)
+    ck = src.export(tmp_path / "src.safetensors")
+    norm = translate.tissue_peak_normalisation()
+    tr = Trainer(A, B, tmp_path / "run", TINY, seed=0, normalisation=norm, A_unpaired=U, unpaired_prob=0.5)
+    tr.init_from(ck)
+    x = torch.from_numpy(A[:2] * 2 - 1)[:, None]
+    with torch.no_grad():
+        assert torch.allclose(tr.model.translate(x, "A", "B"), src.model.translate(x, "A", "B"))
+    drawn = []
+    for it in range(12):
+        a, _ = tr.batch(it)
+        from_pool = any(np.allclose(a[0, 0].numpy(), U[i] * 2 - 1) for i in range(len(U)))
+        assert from_pool == (not tr._paired_now)
+        drawn.append(from_pool)
+    assert 0 < sum(drawn) < 12
+    losses = tr.step(0)
+    assert np.isfinite(list(losses.values())).all()
+    meta = json.loads(translate.sidecar_path(tr.export()).read_text())
+    assert meta["normalisation"]["method"] == "tissue-peak" and tr.hp["unpaired_prob"] == 0.5
+    # another architecture is refused
+    other = Trainer(A, B, tmp_path / "o", NiceGanConfig(ch=8, n_res=2, img_size=32))
+    with pytest.raises(CheckpointError, match="architecture"):
+        other.init_from(ck)

@@ -1,13 +1,26 @@
-"""``mmreg evaluate-gan``: the paper's GAN evaluation (Table 1, Fig. 5, Fig. 6) plus PSNR and SSIM.
+"""``mmreg evaluate-gan``: the paper's GAN evaluation (Table 1, Fig. 5, Fig. 6) plus PSNR, SSIM,
+head NCC and a CSF check.
 
 On held-out co-registered ceT1/T2 volumes (never used in training; default the BraTS/TCIA case
 ``TCGA-DU-7294``), every slice of the chosen plane (default coronal, the plane the tool converts)
-with brain in it is converted in both directions, slice by slice, with exactly the normalisation of
-``translate`` (per volume robust percentiles, 0..1). Per slice, on the 0..255 scale:
+with brain in it is converted in both directions, slice by slice, with exactly the normalisation
+the checkpoint's sidecar records (``translate.volume_scale``; the true volumes are normalised the
+same way). Per slice, on the 0..255 scale:
 
 * MSE (the paper's Table 1: mean, st. dev., min, quartiles, max), PSNR (peak 255), SSIM (Gaussian
-  window sigma 1.5, K1 = 0.01, K2 = 0.03, Wang et al. 2004);
+  window sigma 1.5, K1 = 0.01, K2 = 0.03, Wang et al. 2004), NCC with the true T2 inside the head;
 * the same against the *unconverted* input (the floor a translator must beat).
+
+Per case, the **CSF check**: the brain (voxels > 0 of both skull-stripped volumes, or the HD-BET
+mask of a with-skull case; tumour labels left out) is split into three classes by 1D k-means on the
+*true ceT1* (CSF < GM < WM on T1); CSF voxels must also be brighter than the brain median on the
+true T2 (fluid, not dark partial volume). The check passes when the mean synthetic T2 of CSF is
+above the mean synthetic T2 of GM and of WM. The true T2's class means are reported beside it.
+
+Case names: a BraTS case (``TCGA-DU-7294``: ``brats/<case>_sri24``), ``stroke`` (``stroke/T1``,
+``T2``: a non-contrast T1, brain-extracted), ``native:TCGA-FG-6692:withskull`` (the with-skull
+axial 5.5 mm t1c converted as the product does, whole volume along its slice axis; the T2 of the
+same session resampled onto the t1c grid by the scanner coordinates), ``render:SEED[:stripped]``.
 
 Writes to ``--out``: ``report.json``, ``table1.md``, ``fig5_grid.png`` (input / output / difference,
 as the paper's Fig. 5) and ``fig6_histograms.png`` (original vs generated intensity histograms).
@@ -26,7 +39,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .progress import ProgressFn, report
 from .translate import (GanTranslator, Translator, add_progress_argument, load_translator, normalise01,
-                        progress_from_args, robust_range)
+                        progress_from_args, volume_scale)
 
 STAT_ROWS = ("mean", "std", "min", "q1", "median", "q3", "max")
 
@@ -79,21 +92,129 @@ _PLANE_WORLD_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def plane_slices(cet1: np.ndarray, t2: np.ndarray, affine: np.ndarray, plane: str = "coronal",
-                 min_fraction: float = 0.1):
-    """Both volumes normalised (per volume, as in translate) and cut into slices of ``plane``.
+                 min_fraction: float = 0.1, norm: dict | None = None, extra=()):
+    """Both volumes normalised (per volume, as ``translate`` does with the normalisation record
+    ``norm``; None = the old percentile one) and cut into slices of ``plane`` (``"slice-axis"``: the
+    axis with the largest spacing, as the converter does).
 
     Keeps slices whose foreground (normalised ceT1 > 0.05) has at least ``min_fraction`` of the
-    largest slice's foreground. Returns (A (N,h,w), B (N,h,w), slice indices, axis).
+    largest slice's foreground. Returns (A (N,h,w), B (N,h,w), slice indices, axis), plus the
+    ``extra`` volumes (label maps) cut the same way when given.
     """
-    d = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    ax = int(np.argmax(np.abs(d[_PLANE_WORLD_AXIS[plane], :])))
-    a = normalise01(cet1, *robust_range(cet1))
-    b = normalise01(t2, *robust_range(t2))
+    sp = np.linalg.norm(affine[:3, :3], axis=0)
+    if plane == "slice-axis":
+        ax = int(np.argmax(sp))
+    else:
+        d = affine[:3, :3] / sp
+        ax = int(np.argmax(np.abs(d[_PLANE_WORLD_AXIS[plane], :])))
+    a = normalise01(cet1, *volume_scale(cet1, sp, norm, "A"))
+    b = normalise01(t2, *volume_scale(t2, sp, norm, "B"))
     fg = (a > 0.05).sum(axis=tuple(i for i in range(3) if i != ax))
     idx = np.flatnonzero(fg >= min_fraction * fg.max())
-    A = np.ascontiguousarray(np.moveaxis(np.take(a, idx, axis=ax), ax, 0))
-    B = np.ascontiguousarray(np.moveaxis(np.take(b, idx, axis=ax), ax, 0))
-    return A, B, idx, ax
+    cut = lambda v: np.ascontiguousarray(np.moveaxis(np.take(v, idx, axis=ax), ax, 0))  # noqa: E731
+    if extra:
+        return cut(a), cut(b), idx, ax, [cut(e) for e in extra]
+    return cut(a), cut(b), idx, ax
+
+
+def kmeans_1d(values: np.ndarray, k: int = 3, iters: int = 50) -> np.ndarray:
+    """Deterministic 1D k-means (centres initialised at the 10/50/90th percentiles); sorted centres."""
+    v = np.asarray(values, np.float64)
+    c = np.percentile(v, np.linspace(10, 90, k))
+    for _ in range(iters):
+        lab = np.argmin(np.abs(v[:, None] - c[None]), axis=1)
+        new = np.array([v[lab == j].mean() if (lab == j).any() else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return np.sort(c)
+
+
+def tissue_classes(cet1: np.ndarray, t2: np.ndarray, brain: np.ndarray) -> dict:
+    """CSF / GM / WM masks inside ``brain`` from the true ceT1 (1D k-means, 3 classes); CSF must also
+    be brighter than the brain median on the true T2 (see the module docstring)."""
+    a = np.asarray(cet1, np.float64)
+    c = kmeans_1d(a[brain])
+    lab = np.argmin(np.abs(a[..., None] - c), axis=-1)
+    t2_med = float(np.median(np.asarray(t2)[brain]))
+    return {"csf": brain & (lab == 0) & (np.asarray(t2) > t2_med), "gm": brain & (lab == 1),
+            "wm": brain & (lab == 2), "ceT1_centres": [float(x) for x in c]}
+
+
+def csf_check(synth_t2: np.ndarray, true_t2: np.ndarray, classes: dict) -> dict:
+    """Mean synthetic (and true) T2 of CSF, GM and WM; passes when CSF is above both GM and WM."""
+    res = {}
+    for name in ("csf", "gm", "wm"):
+        m = classes[name]
+        res[f"voxels_{name}"] = int(m.sum())
+        res[f"synthetic_T2_{name}"] = float(synth_t2[m].mean()) if m.any() else float("nan")
+        res[f"true_T2_{name}"] = float(true_t2[m].mean()) if m.any() else float("nan")
+    res["csf_above_gm_and_wm"] = bool(res["synthetic_T2_csf"] > max(res["synthetic_T2_gm"], res["synthetic_T2_wm"]))
+    res["true_T2_csf_above_gm_and_wm"] = bool(res["true_T2_csf"] > max(res["true_T2_gm"], res["true_T2_wm"]))
+    res["csf_minus_brightest_other"] = float(res["synthetic_T2_csf"]
+                                             - max(res["synthetic_T2_gm"], res["synthetic_T2_wm"]))
+    return res
+
+
+def load_case(case: str, root: Path, base_cache: dict):
+    """-> (ceT1, T2, affine, brain mask or None, excluded (tumour) mask or None, plane override or None)."""
+    import nibabel as nib
+
+    from .synth import load_brats_pair
+
+    if case.startswith("render:"):
+        # a fresh MNI152 render (synth recipe) from its own seed: never in the training set;
+        # "render:SEED:stripped" is the same render reduced to the brain (skull-stripped)
+        from .synth import mni_tissues, render_mni_pair, skull_strip
+
+        parts = case.split(":")
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] != "stripped"):
+            raise InputError(f"render case must be 'render:SEED' or 'render:SEED:stripped', got {case!r}")
+        if "base" not in base_cache:
+            base_cache["base"] = mni_tissues()
+        base = base_cache["base"]
+        a, b, aff, _ = render_mni_pair(np.random.default_rng([int(parts[1]), 7919]), base)
+        if len(parts) == 3:
+            a, b = skull_strip(a, b, base)
+        return a, b, aff, np.asarray(base[0]["icv"], bool), None, None
+    if case == "stroke":
+        d = root / "stroke"
+        try:
+            ia, ib = nib.load(str(d / "T1.nii.gz")), nib.load(str(d / "T2.nii.gz"))
+        except FileNotFoundError as exc:
+            raise InputError(f"held-out case stroke not found under {root} ({exc.filename})") from None
+        a, b = np.asarray(ia.dataobj, np.float32), np.asarray(ib.dataobj, np.float32)
+        return a, b, np.asarray(ia.affine, np.float64), (a > 0) & (b > 0), None, None
+    if case.startswith("native:"):
+        parts = case.split(":")
+        if len(parts) != 3 or parts[2] != "withskull" or parts[1] != "TCGA-FG-6692":
+            raise InputError(f"native case must be 'native:TCGA-FG-6692:withskull', got {case!r}")
+        d = root / "brats" / f"{parts[1]}_native"
+        try:
+            ia = nib.load(str(d / "t1c_ax5.5mm_withskull.nii.gz"))
+            ib = nib.load(str(d / "t2_ax5.5mm_withskull.nii.gz"))
+            ih = nib.load(str(d / "t1c_ax5.5mm_hdbet.nii.gz"))
+        except FileNotFoundError as exc:
+            raise InputError(f"case {case} not found under {root} ({exc.filename})") from None
+        a = np.asarray(ia.dataobj, np.float32)
+        aff = np.asarray(ia.affine, np.float64)
+        m = np.linalg.inv(ib.affine) @ aff
+        coords = np.indices(a.shape, dtype=np.float64).reshape(3, -1)
+        coords = m[:3, :3] @ coords + m[:3, 3:4]
+        b = ndi.map_coordinates(np.asarray(ib.dataobj, np.float32), coords, order=1, mode="constant",
+                                cval=0.0).reshape(a.shape).astype(np.float32)
+        brain = np.asarray(ih.dataobj, np.float32) > 0
+        return a, b, aff, brain & (b > 0), None, "slice-axis"
+    try:
+        a, b, aff = load_brats_pair(case, root)
+    except FileNotFoundError as exc:
+        raise InputError(f"held-out case {case} not found under {root} ({exc.filename})") from None
+    seg = None
+    d = root / "brats" / f"{case}_sri24"
+    segs = sorted(d.glob("seg*.nii.gz")) if d.exists() else []
+    if segs:
+        seg = np.asarray(nib.load(str(segs[0])).dataobj) > 0
+    return a, b, aff, (a > 0) & (b > 0), seg, None
 
 
 def evaluate_slices(translator: GanTranslator, A: np.ndarray, B: np.ndarray, batch_size: int = 8,
@@ -187,50 +308,68 @@ def _figures(out: Path, A, B, fakeA, fakeB, title: str) -> None:
 def evaluate(translator: Translator, cases=("TCGA-DU-7294",), out_dir: os.PathLike | None = None,
              plane: str = "coronal", data_root: os.PathLike | None = None, batch_size: int = 8,
              progress: ProgressFn | None = None) -> dict:
-    from .synth import data_root as default_root, load_brats_pair
+    from .synth import data_root as default_root
 
     if not isinstance(translator, GanTranslator):
         raise InputError("evaluate-gan needs a GAN checkpoint (the 'none' translator converts nothing)")
     root = Path(data_root) if data_root else default_root()
+    norm = translator.meta.get("normalisation")
     t0 = time.time()
     As, Bs, fAs, fBs, per_all = [], [], [], [], {}
-    base = None
+    per_case = {}
+    base_cache: dict = {}
     for case in cases:
-        if case.startswith("render:"):
-            # a fresh MNI152 render (synth recipe) from its own seed: never in the training set;
-            # "render:SEED:stripped" is the same render reduced to the brain (skull-stripped)
-            from .synth import mni_tissues, render_mni_pair, skull_strip
-
-            parts = case.split(":")
-            if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] != "stripped"):
-                raise InputError(f"render case must be 'render:SEED' or 'render:SEED:stripped', got {case!r}")
-            base = base or mni_tissues()
-            a, b, aff, _ = render_mni_pair(np.random.default_rng([int(parts[1]), 7919]), base)
-            if len(parts) == 3:
-                a, b = skull_strip(a, b, base)
-        else:
-            try:
-                a, b, aff = load_brats_pair(case, root)
-            except FileNotFoundError as exc:
-                raise InputError(f"held-out case {case} not found under {root} ({exc.filename})") from None
-        A, B, _, _ = plane_slices(a, b, aff, plane)
+        a, b, aff, brain, excl, plane_override = load_case(case, root, base_cache)
+        extra = [brain.astype(np.uint8)] if brain is not None else []
+        if excl is not None:
+            extra.append(excl.astype(np.uint8))
+        A, B, _, _, cut = plane_slices(a, b, aff, plane_override or plane, norm=norm, extra=tuple(extra) or (np.ones(a.shape, np.uint8),))
         res = evaluate_slices(translator, A, B, batch_size, progress)
         for k, v in res["per_slice"].items():
             per_all.setdefault(k, []).extend(v)
+        case_sum = {k: stats(v) for k, v in res["per_slice"].items()}
+        entry = {"slices": int(len(A)), "plane": plane_override or plane,
+                 "summary": {k: {"mean": v["mean"], "median": v["median"], "std": v["std"]} for k, v in case_sum.items()}}
+        if brain is not None:
+            bm = cut[0] > 0
+            if excl is not None:
+                bm &= ~(cut[1] > 0)
+            if bm.sum() > 100:
+                cls = tissue_classes(A, B, bm)
+                entry["csf_check"] = csf_check(res["fakeB"], B, cls)
+                entry["csf_check"]["ceT1_class_centres"] = cls["ceT1_centres"]
+        per_case[case] = entry
         As.append(A); Bs.append(B); fAs.append(res["fakeA"]); fBs.append(res["fakeB"])
     summary = {k: stats(v) for k, v in per_all.items()}
     result = {"translator": translator.name, "info": translator.info, "cases": list(cases), "plane": plane,
               "slices": int(sum(len(x) for x in As)), "seconds": round(time.time() - t0, 1),
-              "summary": summary, "per_slice": per_all}
+              "summary": summary, "per_case": per_case, "per_slice": per_all}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "table1.md").write_text(
-            f"Held-out case(s): {', '.join(cases)}; {result['slices']} {plane} slices; translator {translator.name}\n\n"
-            + table1_markdown(summary))
-        _figures(out, As[0], Bs[0], fAs[0], fBs[0], f"{cases[0]} ({plane}), {translator.name}")
+            f"Case(s): {', '.join(cases)}; {result['slices']} slices ({plane} unless a case says otherwise); "
+            f"translator {translator.name}\n\n" + table1_markdown(summary) + "\n" + per_case_markdown(per_case))
+        _figures(out, As[0], Bs[0], fAs[0], fBs[0], f"{cases[0]} ({per_case[cases[0]]['plane']}), {translator.name}")
     return result
+
+
+def per_case_markdown(per_case: dict) -> str:
+    lines = ["| case | slices | PSNR T2 dB | SSIM T2 | head NCC synth T2 | head NCC unconverted | "
+             "PSNR ceT1 dB | CSF / GM / WM synthetic T2 | CSF check | CSF check on the true T2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case, e in per_case.items():
+        s = e["summary"]
+        c = e.get("csf_check")
+        cs = (f"{c['synthetic_T2_csf']:.3f} / {c['synthetic_T2_gm']:.3f} / {c['synthetic_T2_wm']:.3f}" if c else "-")
+        ok = ("pass" if c["csf_above_gm_and_wm"] else "FAIL") if c else "-"
+        ok_t = ("pass" if c["true_T2_csf_above_gm_and_wm"] else "FAIL") if c else "-"
+        lines.append(f"| {case} | {e['slices']} | {s['psnr_T2_generated']['mean']:.2f} | "
+                     f"{s['ssim_T2_generated']['mean']:.4f} | {s['ncc_T2_generated']['mean']:.3f} | "
+                     f"{s['ncc_T2_vs_unconverted_ceT1']['mean']:.3f} | {s['psnr_ceT1_generated']['mean']:.2f} | "
+                     f"{cs} | {ok} | {ok_t} |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -238,9 +377,10 @@ def evaluate(translator: Translator, cases=("TCGA-DU-7294",), out_dir: os.PathLi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="default", help="'default' (bundled) or a .safetensors path")
     parser.add_argument("--cases", nargs="+", default=["TCGA-DU-7294"],
-                        help="held-out BraTS cases under <data-root>/brats (never used in training), or "
-                             "'render:SEED' for a fresh MNI152 render (synth recipe) with its own seed, "
-                             "'render:SEED:stripped' for the same render skull-stripped")
+                        help="held-out BraTS cases under <data-root>/brats (never used in training), 'stroke' "
+                             "(<data-root>/stroke T1/T2), 'native:TCGA-FG-6692:withskull' (with-skull axial "
+                             "t1c/T2 of one session), or 'render:SEED' for a fresh MNI152 render (synth recipe) "
+                             "with its own seed, 'render:SEED:stripped' for the same render skull-stripped")
     parser.add_argument("--data-root", default=None, help="folder with brats/ (default ../shared/data)")
     parser.add_argument("--plane", default="coronal", choices=tuple(_PLANE_WORLD_AXIS))
     parser.add_argument("--out", required=True, help="report folder")
@@ -255,6 +395,7 @@ def run_cli(args) -> int:
                    progress=progress_from_args(args))
     print(f"{res['slices']} held-out {res['plane']} slices of {', '.join(res['cases'])} with {res['translator']}:")
     print(table1_markdown(res["summary"]), end="")
+    print(per_case_markdown(res["per_case"]), end="")
     print(f"report written to {args.out}")
     return 0
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .translate import normalise01, robust_range, to_square
+from .translate import normalise01, to_square, volume_scale
 
 HOLDOUT_CASE = "TCGA-DU-7294"
 BRATS_CASES = ("BraTSorch-case", "BraTS-MET-00110", "TCGA-FG-6692", "TCGA-DU-7294")
@@ -142,8 +142,13 @@ def _smooth_noise(shape, rng, sigma, scale=None):
     return ndi.zoom(small, [s / t for s, t in zip(shape, small.shape)], order=1)[: shape[0], : shape[1], : shape[2]]
 
 
-def render_mni_pair(rng: np.random.Generator, base=None):
-    """One randomised (ceT1, T2) pair on the MNI 1 mm grid, plus a description dict."""
+def render_mni_pair(rng: np.random.Generator, base=None, contrast_jitter: float = 0.0):
+    """One randomised (ceT1, T2) pair on the MNI 1 mm grid, plus a description dict.
+
+    ``contrast_jitter`` > 0 adds SynthSeg-style contrast randomisation on top of the physical
+    model: every tissue's ceT1 signal is multiplied by ``exp(N(0, contrast_jitter))`` (its T2 signal by
+    ``exp(N(0, contrast_jitter / 3))``, so that the target keeps T2's tissue order: CSF brightest) and
+    the ceT1 gets a random gamma ``exp(N(0, contrast_jitter))``. 0 = the plain physical render."""
     if base is None:
         base = mni_tissues()
     t, affine = base
@@ -206,11 +211,20 @@ def render_mni_pair(rng: np.random.Generator, base=None):
         sig2 = PD * (1 - np.exp(-tr2 / T1)) * np.exp(-te2 / T2)
         if name == "vessel":
             sig2 *= rng.uniform(0.05, 0.4)  # flow void on T2
+        if contrast_jitter > 0:
+            sig1 *= float(np.exp(rng.normal(0.0, contrast_jitter)))
+            sig2 *= float(np.exp(rng.normal(0.0, contrast_jitter / 3.0)))
         s1 += f * sig1
         s2 += f * sig2
     tex = 1.0 + rng.uniform(0.01, 0.04) * _smooth_noise(shape, rng, 1.5)
     s1 *= tex
     s2 *= tex
+    if contrast_jitter > 0:
+        g = float(np.exp(rng.normal(0.0, contrast_jitter)))
+        top = float(np.percentile(s1[t["head"]], 99.5)) or 1.0
+        s1 = (np.clip(s1 / top, 0, None) ** g * top).astype(np.float32)
+        desc["contrast_jitter"] = float(contrast_jitter)
+        desc["gamma_ceT1"] = g
     out = []
     for s in (s1, s2):
         blur = rng.uniform(0.0, 1.0)
@@ -249,12 +263,15 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
 
 
 def extract_slices(a: np.ndarray, b: np.ndarray, affine: np.ndarray, n: int, rng: np.random.Generator,
-                   size: int = 128, planes=PLANE_PROBS, augment: bool = True, min_fg: float = 0.08):
-    """``n`` paired slices (size x size, 0..1) from a co-registered pair of volumes (normalised per volume)."""
+                   size: int = 128, planes=PLANE_PROBS, augment: bool = True, min_fg: float = 0.08,
+                   norm: dict | None = None):
+    """``n`` paired slices (size x size, 0..1) from a co-registered pair of volumes, each volume
+    normalised as ``translate.volume_scale`` with ``norm`` (None = the old percentile one) does."""
     import torch  # noqa: F401  (to_square returns a tensor)
 
-    lo_a, hi_a = robust_range(a)
-    lo_b, hi_b = robust_range(b)
+    sp3 = np.linalg.norm(affine[:3, :3], axis=0)
+    lo_a, hi_a = volume_scale(a, sp3, norm, "A")
+    lo_b, hi_b = volume_scale(b, sp3, norm, "B")
     an, bn = normalise01(a, lo_a, hi_a), normalise01(b, lo_b, hi_b)
     names = [p for p, _ in planes]
     probs = np.array([w for _, w in planes], dtype=np.float64)
@@ -266,14 +283,15 @@ def extract_slices(a: np.ndarray, b: np.ndarray, affine: np.ndarray, n: int, rng
         tries += 1
         plane = names[rng.choice(len(names), p=probs)]
         ax = _plane_axis(affine, plane)
-        fg = (an > 0.05).sum(axis=tuple(i for i in range(3) if i != ax))
+        # foreground of both (a noisy background can pass 0.05 on one contrast outside the head)
+        fg = ((an > 0.05) & (bn > 0.05)).sum(axis=tuple(i for i in range(3) if i != ax))
         valid = np.flatnonzero(fg > min_fg * fg.max())
         if valid.size == 0:
             continue
         idx = int(valid[rng.integers(valid.size)])
         sa = np.take(an, idx, axis=ax)
         sb = np.take(bn, idx, axis=ax)
-        if (sa > 0.05).mean() < 0.03:
+        if (sa > 0.05).mean() < 0.03 or (sb > 0.05).mean() < 0.03:
             continue
         # random square field of view (mm) around the foreground centre, with jitter
         sp = float(np.mean([spacing[i] for i in range(3) if i != ax]))
@@ -299,6 +317,21 @@ def extract_slices(a: np.ndarray, b: np.ndarray, affine: np.ndarray, n: int, rng
     return np.stack(xa).astype(np.float32), np.stack(xb).astype(np.float32)
 
 
+def resample_isotropic(a: np.ndarray, affine: np.ndarray, spacing: float = 1.0):
+    """``a`` resampled (linear) to ``max(spacing, finest voxel size)`` mm isotropic voxels, with its affine:
+    the slice extraction treats a slice's pixels as square, so anisotropic volumes are resampled first."""
+    sp = np.linalg.norm(affine[:3, :3], axis=0)
+    iso = max(float(spacing), float(sp.min()))
+    if np.allclose(sp, iso, rtol=1e-3):
+        return a, affine
+    zoom = sp / iso
+    out = ndi.zoom(a, zoom, order=1, grid_mode=True, mode="grid-constant").astype(np.float32)
+    aff = affine.copy()
+    aff[:3, :3] = affine[:3, :3] / zoom
+    aff[:3, 3] = affine[:3, :3] @ (0.5 / zoom - 0.5) + affine[:3, 3]
+    return out, aff
+
+
 def skull_strip(a: np.ndarray, b: np.ndarray, base) -> tuple[np.ndarray, np.ndarray]:
     """A rendered pair reduced to the intracranial volume (as skull-stripped data are), with a 1 mm soft edge."""
     m = ndi.gaussian_filter(base[0]["icv"].astype(np.float32), 0.7)
@@ -307,20 +340,26 @@ def skull_strip(a: np.ndarray, b: np.ndarray, base) -> tuple[np.ndarray, np.ndar
 
 def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slices_per_synth: int = 48,
                   slices_per_real: int = 96, holdout: str = HOLDOUT_CASE, seed: int = 0,
-                  strip_fraction: float = 0.5, root: Path | None = None, log=print) -> Path:
+                  strip_fraction: float = 0.5, root: Path | None = None, log=print, norm: dict | None = None,
+                  contrast_jitter: float = 0.0, unpaired_cet1=(), slices_per_unpaired: int = 200,
+                  real_cases=None) -> Path:
     """Writes ``out`` (.npz): A (ceT1) and B (T2) slices in 0..1 (float16), ``source`` per slice, recipe JSON.
 
     ``strip_fraction`` of the renders are skull-stripped (brain-only), so that the translator also sees
-    brain-only heads, as in skull-stripped research data and brain-only crops."""
+    brain-only heads, as in skull-stripped research data and brain-only crops. ``norm``: the
+    normalisation record (``translate.tissue_peak_normalisation()``; None = the old percentile one).
+    ``unpaired_cet1``: ceT1 NIfTI files without a T2 (e.g. ``tcia_vs``): ``slices_per_unpaired`` slices
+    each go to ``A_unpaired``, used by the trainer for the adversarial/cycle losses only.
+    ``real_cases``: the BraTS training cases (default: all but ``holdout``)."""
     rng = np.random.default_rng(seed)
     t0 = time.time()
     A, B, src = [], [], []
     root = Path(root) if root else data_root()
-    real_cases = [c for c in BRATS_CASES if c != holdout]
+    real_cases = [c for c in (BRATS_CASES if real_cases is None else real_cases) if c != holdout]
     if (root / "brats").exists():
         for case in real_cases:
             a, b, aff = load_brats_pair(case, root)
-            xa, xb = extract_slices(a, b, aff, slices_per_real, rng, size)
+            xa, xb = extract_slices(a, b, aff, slices_per_real, rng, size, norm=norm)
             A.append(xa); B.append(xb); src += [f"brats:{case}"] * len(xa)
             log(f"{case}: {len(xa)} slices ({time.time() - t0:.0f}s)")
     else:
@@ -329,23 +368,37 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
     base = mni_tissues()
     descs = []
     for i in range(n_synth):
-        a, b, aff, desc = render_mni_pair(rng, base)
+        a, b, aff, desc = render_mni_pair(rng, base, contrast_jitter)
         desc["skull_stripped"] = bool(rng.random() < strip_fraction)
         if desc["skull_stripped"]:
             a, b = skull_strip(a, b, base)
-        xa, xb = extract_slices(a, b, aff, slices_per_synth, rng, size)
+        xa, xb = extract_slices(a, b, aff, slices_per_synth, rng, size, norm=norm)
         A.append(xa); B.append(xb); src += [f"mni152-render:{i}"] * len(xa)
         descs.append(desc)
         log(f"render {i}: {len(xa)} slices {desc} ({time.time() - t0:.0f}s)")
+    U = []
+    for f in unpaired_cet1:
+        import nibabel as nib
+
+        img = nib.load(str(f))
+        u, uaff = resample_isotropic(np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, np.float64))
+        xu, _ = extract_slices(u, u, uaff, slices_per_unpaired, rng, size, norm=norm)
+        U.append(xu)
+        log(f"unpaired ceT1 {Path(f).name}: {len(xu)} slices ({time.time() - t0:.0f}s)")
     recipe = {"size": size, "n_synth": n_synth, "slices_per_synth": slices_per_synth,
               "slices_per_real": slices_per_real, "real_cases": real_cases, "holdout": holdout, "seed": seed,
-              "strip_fraction": strip_fraction,
+              "strip_fraction": strip_fraction, "contrast_jitter": contrast_jitter,
+              "normalisation": norm or "percentile",
+              "unpaired_cet1": [Path(f).name for f in unpaired_cet1], "slices_per_unpaired": slices_per_unpaired,
               "planes": dict(PLANE_PROBS), "renders": descs, "module": "MultimodalRegistrationLib.synth"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part.npz")
+    extra = {"A_unpaired": np.concatenate(U).astype(np.float16)} if U else {}
+    if not A:  # an unpaired-only set
+        A, B = [np.zeros((0, size, size), np.float32)], [np.zeros((0, size, size), np.float32)]
     np.savez_compressed(tmp, A=np.concatenate(A).astype(np.float16), B=np.concatenate(B).astype(np.float16),
-                        source=np.array(src), recipe=json.dumps(recipe))
+                        source=np.array(src), recipe=json.dumps(recipe), **extra)
     os.replace(tmp, out)
     log(f"wrote {out}: {sum(len(x) for x in A)} pairs in {time.time() - t0:.0f}s")
     return out
@@ -358,6 +411,12 @@ def load_dataset(path: os.PathLike):
                 json.loads(str(z["recipe"])))
 
 
+def load_unpaired(path: os.PathLike):
+    """The unpaired ceT1 slices of a training set (float32 (N, S, S) in 0..1), or None."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["A_unpaired"].astype(np.float32) if "A_unpaired" in z.files else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Build the GAN training set (real BraTS pairs + MNI152 renders)")
     p.add_argument("--out", required=True)
@@ -368,10 +427,21 @@ def main(argv=None) -> int:
     p.add_argument("--holdout", default=HOLDOUT_CASE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strip-fraction", type=float, default=0.5, help="share of renders made brain-only")
+    p.add_argument("--normalisation", choices=("percentile", "tissue-peak"), default="percentile",
+                   help="intensity normalisation of the slices (must match the checkpoint's)")
+    p.add_argument("--contrast-jitter", type=float, default=0.0, help="SynthSeg-style per-tissue contrast randomisation")
+    p.add_argument("--unpaired-cet1", nargs="*", default=[], help="ceT1 NIfTI files without a T2 (unpaired domain A)")
+    p.add_argument("--slices-per-unpaired", type=int, default=200)
+    p.add_argument("--real-cases", nargs="*", default=None, help="BraTS training cases (default: all but --holdout)")
     a = p.parse_args(argv)
+    from .translate import tissue_peak_normalisation
+
     build_dataset(a.out, size=a.size, n_synth=a.n_synth, slices_per_synth=a.slices_per_synth,
                   slices_per_real=a.slices_per_real, holdout=a.holdout, seed=a.seed,
-                  strip_fraction=a.strip_fraction)
+                  strip_fraction=a.strip_fraction,
+                  norm=tissue_peak_normalisation() if a.normalisation == "tissue-peak" else None,
+                  contrast_jitter=a.contrast_jitter, unpaired_cet1=a.unpaired_cet1,
+                  slices_per_unpaired=a.slices_per_unpaired, real_cases=a.real_cases)
     return 0
 
 

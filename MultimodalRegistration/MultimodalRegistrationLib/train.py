@@ -51,7 +51,8 @@ class Trainer:
                  batch_size: int = 1, paired: bool = True, paired_weight: float = 10.0, encoder_in_g: bool = True,
                  adv_weight: float = 1.0, cycle_weight: float = 10.0, recon_weight: float = 10.0,
                  seed: int = 0, device: str = "cpu", val: tuple | None = None, data_desc: dict | None = None,
-                 command: str | None = None):
+                 command: str | None = None, normalisation: dict | None = None,
+                 A_unpaired: np.ndarray | None = None, unpaired_prob: float = 0.0):
         import torch
 
         from .nicegan import NiceGan, NiceGanConfig
@@ -62,11 +63,14 @@ class Trainer:
         if A.shape[-1] != self.cfg.img_size or A.shape[-2] != self.cfg.img_size:
             raise InputError(f"slices are {A.shape[-2:]} px but the network is configured for {self.cfg.img_size} px")
         self.A, self.B = A, B
+        self.A_unpaired = A_unpaired if A_unpaired is not None and len(A_unpaired) else None
+        self.normalisation = normalisation
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.hp = dict(lr=lr, batch_size=batch_size, paired=paired, paired_weight=paired_weight if paired else 0.0,
                        encoder_in_g=encoder_in_g, adv_weight=adv_weight, cycle_weight=cycle_weight,
-                       recon_weight=recon_weight, seed=seed, betas=[0.5, 0.999])
+                       recon_weight=recon_weight, seed=seed, betas=[0.5, 0.999],
+                       unpaired_prob=float(unpaired_prob) if self.A_unpaired is not None else 0.0)
         self.device = device
         self.val = val
         self.data_desc = data_desc or {}
@@ -115,6 +119,20 @@ class Trainer:
         self.commands = list(meta.get("commands", []))
         return True
 
+    def init_from(self, checkpoint: os.PathLike) -> dict:
+        """Starts from the inference weights (encoders, decoders) of a checkpoint; the discriminator
+        heads keep their fresh initialisation. Returns the checkpoint's sidecar."""
+        from .translate import load_checkpoint
+
+        model, meta = load_checkpoint(checkpoint, "cpu")
+        if meta["config"] != self.cfg.to_dict():
+            raise CheckpointError(f"--init-from {checkpoint} has architecture {meta['config']}, "
+                                  f"not {self.cfg.to_dict()}")
+        missing, unexpected = self.model.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or any(not k.startswith(("headsA.", "headsB.")) for k in missing):
+            raise CheckpointError(f"--init-from {checkpoint}: weights do not fit this model")
+        return meta
+
     def export(self, path: os.PathLike | None = None) -> Path:
         path = Path(path) if path else self.out / DEFAULT_CHECKPOINT_NAME
         training = {
@@ -127,7 +145,7 @@ class Trainer:
             "data": self.data_desc,
             "last_losses": self.history[-1] if self.history else None,
         }
-        return save_checkpoint(self.model, path, training)
+        return save_checkpoint(self.model, path, training, self.normalisation)
 
     # ------------------------------------------------------------------ data
     def batch(self, it: int):
@@ -137,8 +155,16 @@ class Trainer:
         n = len(self.A)
         ia = rng.integers(0, n, self.hp["batch_size"])
         ib = ia if self.hp["paired"] else rng.integers(0, len(self.B), self.hp["batch_size"])
-        a = torch.from_numpy(self.A[ia] * 2 - 1)[:, None].to(self.device)
+        srcA = self.A
+        paired = self.hp["paired"]
+        if self.hp.get("unpaired_prob", 0.0) > 0 and rng.random() < self.hp["unpaired_prob"]:
+            # a real ceT1 without a T2 (e.g. with skull): adversarial, cycle and reconstruction losses only
+            srcA = self.A_unpaired
+            ia = rng.integers(0, len(srcA), self.hp["batch_size"])
+            paired = False
+        a = torch.from_numpy(srcA[ia] * 2 - 1)[:, None].to(self.device)
         b = torch.from_numpy(self.B[ib] * 2 - 1)[:, None].to(self.device)
+        self._paired_now = paired
         return a, b
 
     # ------------------------------------------------------------------ one iteration
@@ -190,8 +216,9 @@ class Trainer:
         g_cyc = (fake_A2B2A - real_A).abs().mean() + (fake_B2A2B - real_B).abs().mean()
         g_rec = (fake_A2A - real_A).abs().mean() + (fake_B2B - real_B).abs().mean()
         g_pair = (fake_A2B - real_B).abs().mean() + (fake_B2A - real_A).abs().mean()
+        w_pair = hp["paired_weight"] if getattr(self, "_paired_now", hp["paired"]) else 0.0
         g_loss = (hp["adv_weight"] * g_adv + hp["cycle_weight"] * g_cyc + hp["recon_weight"] * g_rec
-                  + hp["paired_weight"] * g_pair)
+                  + w_pair * g_pair)
         g_loss.backward()
         self.optG.step()
         for p in m.discriminator_parameters():
@@ -253,8 +280,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, iterations: int, *, log_every: int = 100, sample_every: int = 1000, save_every_s: float = 300.0,
-            export_every: int = 0, progress: ProgressFn | None = None, log=print) -> dict:
-        """Trains until ``self.iteration == iterations``; returns the last losses."""
+            export_every: int = 0, progress: ProgressFn | None = None, log=print,
+            max_seconds: float | None = None) -> dict:
+        """Trains until ``self.iteration == iterations`` (or ``max_seconds`` of this call have passed:
+        the state and checkpoint are then saved and the run can be resumed); returns the last losses."""
+        t_call = time.monotonic()
         last_save = time.monotonic()
         t_prev = time.monotonic()
         acc: dict = {}
@@ -282,11 +312,15 @@ class Trainer:
                 self.sample_grid(self.out / f"samples_{self.iteration:06d}.png")
             if export_every and self.iteration % export_every == 0:
                 self.export(self.out / f"iter_{self.iteration:06d}_{DEFAULT_CHECKPOINT_NAME}")
-            if now - last_save > save_every_s or self.iteration == iterations:
+            out_of_time = max_seconds is not None and now - t_call >= max_seconds
+            if now - last_save > save_every_s or self.iteration == iterations or out_of_time:
                 self.save_state()
                 self.export()
                 last_save = time.monotonic()
             report(progress, "train", self.iteration, iterations)
+            if out_of_time:
+                log(f"stopping at iteration {self.iteration}: --max-seconds {max_seconds:g} reached")
+                break
         return losses
 
 
@@ -336,23 +370,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fresh", action="store_true", help="ignore an existing state in --out")
+    parser.add_argument("--init-from", default=None,
+                        help="start a new run from this checkpoint's encoders/decoders ('default' = the bundled one); "
+                             "ignored when --out holds a state to resume")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop (saving state and checkpoint, resumable) after this many seconds of this call")
+    parser.add_argument("--unpaired-prob", type=float, default=0.0,
+                        help="share of iterations whose ceT1 is an unpaired real slice (A_unpaired in --data)")
 
 
 def run_cli(args) -> int:
     import torch
 
     from .nicegan import NiceGanConfig
-    from .synth import build_dataset, load_dataset
-    from .translate import _resolve_device
+    from .synth import build_dataset, load_dataset, load_unpaired
+    from .translate import NORMALISATION, _resolve_device, default_checkpoint_path
 
     torch.set_num_threads(max(1, args.threads))
     paths = [Path(d) for d in args.data]
     if args.build_data and len(paths) == 1 and not paths[0].exists():
         build_dataset(paths[0])
     A, B, sources, recipe = load_training_sets(paths)
+    norms = [r.get("normalisation", "percentile") for r in (recipe if isinstance(recipe, list) else [recipe])]
+    if any(json.dumps(n, sort_keys=True) != json.dumps(norms[0], sort_keys=True) for n in norms):
+        raise InputError("training sets were built with different intensity normalisations")
+    normalisation = NORMALISATION if norms[0] == "percentile" else norms[0]
+    unp = [u for u in (load_unpaired(p) for p in paths) if u is not None]
+    A_unpaired = np.concatenate(unp) if unp else None
+    if args.unpaired_prob > 0 and A_unpaired is None:
+        raise InputError("--unpaired-prob needs a training set with unpaired ceT1 slices (synth --unpaired-cet1)")
     val = None
     if args.val_data:
-        va, vb, _, _ = load_dataset(args.val_data)
+        va, vb, _, vrec = load_dataset(args.val_data)
+        if json.dumps(vrec.get("normalisation", "percentile"), sort_keys=True) != json.dumps(norms[0], sort_keys=True):
+            raise InputError("--val-data was built with another intensity normalisation than --data")
         val = (va, vb)
     paired = not args.unpaired
     uniq = sorted(set(s.split(":")[0] for s in sources))
@@ -364,7 +415,10 @@ def run_cli(args) -> int:
     cfg = NiceGanConfig(ch=args.ch, n_res=args.n_res, img_size=int(A.shape[-1]))
     tr = Trainer(A, B, args.out, cfg, lr=args.lr, batch_size=args.batch_size, paired=paired,
                  paired_weight=args.paired_weight, encoder_in_g=not args.no_encoder_in_g, seed=args.seed,
-                 device=_resolve_device(args.device), val=val, data_desc=data_desc, command=cmd)
+                 device=_resolve_device(args.device), val=val, data_desc=data_desc, command=cmd,
+                 normalisation=normalisation, A_unpaired=A_unpaired, unpaired_prob=args.unpaired_prob)
+    if A_unpaired is not None:
+        data_desc["unpaired_cet1_slices"] = int(len(A_unpaired))
     log_path = Path(args.out) / "log.txt"
 
     def log(msg: str) -> None:
@@ -375,11 +429,18 @@ def run_cli(args) -> int:
 
     if not args.fresh and tr.load_state():
         log(f"resumed from iteration {tr.iteration} ({tr.wall:.0f}s of training so far)")
+    elif args.init_from:
+        src = default_checkpoint_path() if args.init_from == "default" else Path(args.init_from)
+        meta = tr.init_from(src)
+        tr.hp["init_from"] = {"file": src.name, "sha256": meta.get("sha256"),
+                              "iterations": (meta.get("training") or {}).get("iterations"),
+                              "normalisation": (meta.get("normalisation") or {}).get("method")}
+        log(f"initialised encoders/decoders from {src} ({tr.hp['init_from']})")
     tr.commands.append(cmd)
     log(f"training {cfg.to_dict()} {tr.hp} on {len(A)} pairs, device {tr.device}, "
         f"{torch.get_num_threads()} threads, to iteration {args.iterations}")
     tr.run(args.iterations, log_every=args.log_every, sample_every=args.sample_every,
-           save_every_s=args.save_every_s, export_every=args.export_every, log=log)
+           save_every_s=args.save_every_s, export_every=args.export_every, log=log, max_seconds=args.max_seconds)
     log(f"done: iteration {tr.iteration}, wall {tr.wall:.0f}s; checkpoint {Path(args.out) / DEFAULT_CHECKPOINT_NAME}")
     return 0
 

@@ -5,11 +5,21 @@ Checkpoint = ``<name>.safetensors`` (inference weights only: both encoders and b
 iterations, exact training command, wall time, hardware, SHA-256 of the weights file). Loading
 checks the hash, the keys and the shapes; pickle files are refused.
 
-Intensity normalisation (recorded in the sidecar, identical in training): per volume,
-``lo = percentile(all voxels, 0.5)``, ``hi = percentile(voxels > lo, 99.5)``,
-``x01 = clip((x - lo) / (hi - lo), 0, 1)``, network input ``2 * x01 - 1``. The network output
-(in [-1, 1]) is mapped back with the same ``lo``/``hi``, so the synthetic volume lives in the
-intensity range of the input volume.
+Intensity normalisation is recorded in the sidecar and applied exactly as recorded (training uses
+the same functions), so old checkpoints keep their normalisation:
+
+* ``"percentile"`` (checkpoints up to issue 12): per volume, ``lo = percentile(all voxels, 0.5)``,
+  ``hi = percentile(voxels > lo, 99.5)``, ``x01 = clip((x - lo) / (hi - lo), 0, 1)``. With a full
+  head the scalp fat and vessels set ``hi``, so the brain of a with-skull scan ends up darker than
+  the brain of the same scan skull-stripped.
+* ``"tissue-peak"`` (issue 12): ``x01 = clip(x / ref * target[domain], 0, 1)`` where ``ref`` is the
+  dominant mode of the smoothed intensity histogram in the *core* of the object (voxels at least
+  ``core_mm`` from the object's surface, in mm, so scalp, skull and cortex are left out whether the
+  scan has a skull or not); for ceT1 and T2 that mode is the white-matter peak. ``target`` is the
+  level the peak is mapped to per domain (A = ceT1, B = T2).
+
+Network input is ``2 * x01 - 1``; the network output (in [-1, 1]) is mapped back with the same
+scale, so the synthetic volume lives in the intensity range of the input volume.
 """
 from __future__ import annotations
 
@@ -67,6 +77,88 @@ def normalise01(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     a = (np.asarray(arr, dtype=np.float32) - lo) / (hi - lo)
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+
+#: The tissue-peak normalisation of issue 12 (``target`` filled in per checkpoint; these are the defaults).
+TISSUE_PEAK_CORE_MM = 20.0
+TISSUE_PEAK_TARGETS = {"A": 0.55, "B": 0.27}  # mean old-normalised WM peak of the 3 training pairs
+
+
+def tissue_peak_normalisation(targets: Optional[dict] = None, core_mm: float = TISSUE_PEAK_CORE_MM) -> dict:
+    t = dict(TISSUE_PEAK_TARGETS if targets is None else targets)
+    return {
+        "method": "tissue-peak",
+        "core_mm": float(core_mm),
+        "target": {"A": float(t["A"]), "B": float(t["B"])},
+        "reference": "dominant mode of the smoothed histogram (256 bins, sigma 2 bins) of the voxels at least "
+                     "core_mm from the surface of the object mask (largest component of x > 10% of the "
+                     "99th percentile of x > 0, closed, holes filled per slice); white matter for ceT1 and T2",
+        "formula": "x01 = clip(max(x, 0) / ref * target[domain], 0, 1); domain A = ceT1, B = T2",
+        "network_range": [-1.0, 1.0],
+        "output": "network output x01 mapped back with x = x01 * ref / target[source domain]",
+        "scope": "per volume (all slices share ref)",
+    }
+
+
+def object_mask(arr: np.ndarray, slice_ax: int = 2) -> np.ndarray:
+    """The imaged object (head, or brain when skull-stripped): the largest connected component of
+    ``x > 10 % of the 99th percentile of x > 0``, closed, holes filled slice by slice along ``slice_ax``."""
+    from scipy import ndimage as ndi
+
+    a = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    pos = a[a > 0]
+    if pos.size == 0:
+        raise InputError("volume has no positive voxel; nothing to convert")
+    m = a > 0.1 * float(np.percentile(pos, 99))
+    lab, n = ndi.label(m)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        m = lab == int(np.argmax(sizes))
+    m = ndi.binary_closing(m, structure=np.ones((3, 3, 3), bool), iterations=1) | m
+    m = np.moveaxis(m, slice_ax, 0)
+    m = np.stack([ndi.binary_fill_holes(s) for s in m])
+    return np.moveaxis(m, 0, slice_ax)
+
+
+def tissue_peak(arr: np.ndarray, spacing, core_mm: float = TISSUE_PEAK_CORE_MM,
+                return_mask: bool = False):
+    """The reference intensity of the tissue-peak normalisation (see the module docstring)."""
+    from scipy import ndimage as ndi
+
+    a = np.nan_to_num(np.asarray(arr, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    m = object_mask(a, int(np.argmax(spacing)))
+    # pad so that the volume border counts as outside only where the object really ends there
+    dist = ndi.distance_transform_edt(np.pad(m, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    core = dist >= core_mm
+    if core.sum() < max(64, 0.02 * m.sum()):  # small object (crop, child, brain-only slab): its inner half
+        core = dist >= 0.5 * dist.max()
+    v = a[core]
+    top = float(np.percentile(v, 99.5))
+    if not top > 0:
+        raise InputError("volume has no signal inside the object; nothing to convert")
+    hist, edges = np.histogram(v, bins=256, range=(0.0, top))
+    hist = ndi.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    hist[:8] = 0.0  # ignore the dark end (air in sinuses, flow voids, dark CSF on T1)
+    ref = float(0.5 * (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1]))
+    return (ref, core) if return_mask else ref
+
+
+def normalisation_method(norm: Optional[dict]) -> str:
+    method = (norm or {}).get("method", "percentile")
+    if method not in ("percentile", "tissue-peak"):
+        raise CheckpointError(f"unknown intensity normalisation {method!r} in the checkpoint sidecar")
+    return method
+
+
+def volume_scale(arr: np.ndarray, spacing, norm: Optional[dict], domain: str) -> tuple[float, float]:
+    """(lo, hi) such that ``normalise01(arr, lo, hi)`` is the normalisation ``norm`` for ``domain``
+    (``"A"`` = ceT1, ``"B"`` = T2); ``x = x01 * (hi - lo) + lo`` maps network output back."""
+    if normalisation_method(norm) == "percentile":
+        return robust_range(arr)
+    ref = tissue_peak(arr, spacing, float(norm.get("core_mm", TISSUE_PEAK_CORE_MM)))
+    return 0.0, ref / float(norm["target"][domain])
 
 
 # ----------------------------------------------------------------------------- translators
@@ -214,7 +306,7 @@ class GanTranslator(Translator):
                 batch_size: int = 8) -> Volume:
         self._check_direction(direction)
         ax = slice_axis(vol)
-        lo, hi = robust_range(vol.array)
+        lo, hi = volume_scale(vol.array, vol.spacing, self.meta.get("normalisation"), _DIR_DOMAINS[direction][0])
         x01 = np.moveaxis(normalise01(vol.array, lo, hi), ax, 0)
         y01 = self.translate_slices(np.ascontiguousarray(x01), direction, batch_size, progress)
         y = np.moveaxis(y01, 0, ax) * (hi - lo) + lo
@@ -251,8 +343,10 @@ def hardware_description() -> str:
     return s + f"; torch {torch.__version__}; {torch.get_num_threads()} torch threads"
 
 
-def save_checkpoint(model, path: os.PathLike, training: dict) -> pathlib.Path:
-    """Writes the inference weights of ``model`` (NiceGan or InferenceModel) + sidecar, atomically."""
+def save_checkpoint(model, path: os.PathLike, training: dict, normalisation: Optional[dict] = None) -> pathlib.Path:
+    """Writes the inference weights of ``model`` (NiceGan or InferenceModel) + sidecar, atomically.
+
+    ``normalisation``: the sidecar's normalisation record (default: the old ``percentile`` one)."""
     from safetensors.torch import save_file
 
     from .nicegan import INFERENCE_PREFIXES, plain_state_dict
@@ -271,7 +365,7 @@ def save_checkpoint(model, path: os.PathLike, training: dict) -> pathlib.Path:
         "slice_size": [model.cfg.img_size, model.cfg.img_size],
         "domains": {"A": "ceT1", "B": "T2"},
         "directions": list(DIRECTIONS),
-        "normalisation": NORMALISATION,
+        "normalisation": normalisation or NORMALISATION,
         "training": training,
     }
     side = sidecar_path(path)
@@ -305,6 +399,7 @@ def load_checkpoint(path: os.PathLike, device: str = "cpu"):
     digest = sha256_file(path)
     if digest != meta.get("sha256"):
         raise CheckpointError(f"SHA-256 of {path.name} does not match its sidecar (file modified or corrupt)")
+    normalisation_method(meta.get("normalisation"))
     try:
         cfg = NiceGanConfig.from_dict(meta["config"])
         model = InferenceModel(cfg)
