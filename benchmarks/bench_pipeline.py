@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             odir = cdir / f"out_{tr}"
             t0 = time.perf_counter()
             t = run_case(cdir / "coronal_ceT1.nii.gz", cdir / "axial_T2.nii.gz", odir,
-                         params=Params(method="ours", translator=tr, report_png=False))
+                         params=Params(method="search-ncc", translator=tr, report_png=False))
             wall = time.perf_counter() - t0
             rep = json.loads((odir / "report.json").read_text())
             det = rep["registration"]["details"]
