@@ -341,11 +341,11 @@ def test_summary_is_rewritten_after_every_case(tmp_path, monkeypatch):
     seen = []
     real = batch.write_summary
 
-    def spy(out, cs, results):
-        p = real(out, cs, results)
+    def spy(out, cs, results, name=batch.SUMMARY):
+        p = real(out, cs, results, name)
         seen.append([r["status"] for r in batch.read_summary(p)])
         return p
-    monkeypatch.setattr(batch, "write_summary", spy)
+    monkeypatch.setattr(batch.runner, "write_summary", spy)
     batch.run_batch(cases, tmp_path / "out", PARAMS, run_case=fake_run_case)
     assert ["done", "pending", "pending"] in seen and ["done", "done", "pending"] in seen
     assert seen[-1] == ["done"] * 3
@@ -378,15 +378,15 @@ def test_concurrent_batch_on_same_out_is_refused(tmp_path):
     c = _make_case(tmp_path / "in", "p1")
     out = tmp_path / "out"
     out.mkdir()
-    with batch._Lock(out):
+    with batch.runner.OutLock(out):
         with pytest.raises(MMRegError, match="another 'mmreg batch'"):
             batch.run_batch([c], out, PARAMS, run_case=fake_run_case)
 
 
 def test_plan_jobs_caps_by_cores_and_memory(tmp_path, monkeypatch):
     cases = [_make_case(tmp_path / "in", f"p{i}") for i in range(4)]
-    monkeypatch.setattr(batch, "available_cpus", lambda: 2)
-    monkeypatch.setattr(batch, "available_memory_bytes", lambda: 64 * 1024**3)
+    monkeypatch.setattr(batch.resources, "available_cpus", lambda: 2)
+    monkeypatch.setattr(batch.resources, "available_memory_bytes", lambda: 64 * 1024**3)
     jobs, threads, notes = batch.plan_jobs(8, cases)
     assert (jobs, threads) == (2, 1) and "capped" in notes[0]
     assert batch.plan_jobs(1, cases)[:2] == (1, 2)
@@ -400,10 +400,10 @@ def test_plan_jobs_caps_by_cores_and_memory(tmp_path, monkeypatch):
     huge = Case("huge", big, big)
     need = batch.estimate_case_bytes(huge)
     assert need > 12 * 4 * 512**3
-    monkeypatch.setattr(batch, "available_memory_bytes", lambda: int(need * 1.5))
+    monkeypatch.setattr(batch.resources, "available_memory_bytes", lambda: int(need * 1.5))
     jobs, _, notes = batch.plan_jobs(2, [huge, *cases])
     assert jobs == 1 and "lowered" in notes[0]
-    monkeypatch.setattr(batch, "available_memory_bytes", lambda: int(need / 2))
+    monkeypatch.setattr(batch.resources, "available_memory_bytes", lambda: int(need / 2))
     jobs, _, notes = batch.plan_jobs(2, [huge])
     assert jobs == 1
 
