@@ -659,3 +659,55 @@ def test_killed_writer_never_replaces_the_destination(tmp_path):
     assert not dest.exists(), "a killed writer must not leave the destination behind"
     # what may remain is a hidden temporary file, never under the destination's name
     assert all(p.name.startswith(".big.nii.gz.") and ".part" in p.name for p in tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- shards and --merge
+
+def test_shards_are_deterministic_disjoint_and_cover_the_manifest(tmp_path):
+    cases = [Case(f"c{i}", tmp_path / "a", tmp_path / "b") for i in range(7)]
+    shards = [batch.shard_cases(cases, k, 3) for k in (1, 2, 3)]
+    assert [[c.case_id for c in s] for s in shards] == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
+    assert batch.parse_shard(" 2/3 ") == (2, 3)
+    for bad in ("0/3", "4/3", "3", "a/b", "1/0", ""):
+        with pytest.raises(ManifestError, match="shard"):
+            batch.parse_shard(bad)
+
+
+def test_shards_share_out_then_merge_into_one_summary_and_report(tmp_path, capsys):
+    from MultimodalRegistrationLib.errors import MMRegError
+    d = tmp_path / "in"
+    cases = [_make_case(d, f"p{i}") for i in range(4)] + [_make_case(d, "p4", cor_name="fail_coronal.nii.gz")]
+    out = tmp_path / "out"
+    out.mkdir()
+    # shard 2 runs while shard 1 holds its locks (two machines at once): allowed ...
+    with batch.runner.OutLock(out, (1, 2)):
+        r2 = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(2, 2))
+        # ... but the same shard twice, or a whole-manifest batch, is refused
+        with pytest.raises(MMRegError, match="another 'mmreg batch'"):
+            batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(1, 2))
+        with pytest.raises(MMRegError, match="another 'mmreg batch'"):
+            batch.run_batch(cases, out, PARAMS, run_case=fake_run_case)
+    assert [r.case_id for r in r2] == ["p1", "p3"]
+    assert not (out / batch.SUMMARY).exists(), "a shard must not write the whole summary"
+    with pytest.raises(InputError, match="shard.* 1/2"):
+        batch.merge_shards(out)
+    r1 = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(1, 2))
+    assert [r.case_id for r in r1] == ["p0", "p2", "p4"]
+    s1 = batch.read_summary(out / "summary-shard-1-of-2.csv")
+    s2 = batch.read_summary(out / "summary-shard-2-of-2.csv")
+    assert [r["case_id"] for r in s1] == ["p0", "p2", "p4"] and [r["case_id"] for r in s2] == ["p1", "p3"]
+    assert (out / "report-shard-1-of-2.html").is_file()
+    assert _cli(["batch", "--merge", str(out)]) == 1   # p4 failed
+    assert "merged 5 cases: 4 finished, 1 failed" in capsys.readouterr().out
+    rows = batch.read_summary(out / batch.SUMMARY)
+    assert [r["case_id"] for r in rows] == [f"p{i}" for i in range(5)]
+    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
+    assert rows[1] == s2[0]
+    page = (out / batch.REPORT).read_text()
+    assert '"id":"p4"' in page and '"status":"failed"' in page
+    # a resumed shard skips its finished cases; a shard summary of another N makes --merge refuse
+    r1b = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(1, 2))
+    assert [r.status for r in r1b] == ["skipped", "skipped", "failed"]
+    (out / "summary-shard-1-of-3.csv").write_text((out / "summary-shard-1-of-2.csv").read_text())
+    with pytest.raises(InputError, match="different shard counts"):
+        batch.merge_shards(out)

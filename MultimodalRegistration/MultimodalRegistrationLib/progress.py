@@ -39,7 +39,8 @@ def bar_progress(stream: TextIO | None = None) -> ProgressFn:
         if bar is None or state["stage"] != stage or (bar.total or 0) != max(int(total), 0):
             if bar is not None:
                 bar.close()
-            bar = state["bar"] = tqdm(total=max(int(total), 0), desc=f"{stage:<10}", unit="step", leave=True,
+            bar = state["bar"] = tqdm(total=max(int(total), 0), desc=f"{stage:<10}", leave=True,
+                                      bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
                                       file=stream if stream is not None else sys.stderr, dynamic_ncols=True)
             state["stage"] = stage
         bar.n = min(int(done), bar.total) if bar.total else int(done)

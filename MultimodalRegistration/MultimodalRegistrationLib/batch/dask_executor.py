@@ -42,6 +42,7 @@ from .resources import limit_process_threads, plan_jobs
 from .summary import CaseResult
 from .worker import Task, one_line, run_one
 
+CONNECT_TIMEOUT_S = 20
 DIED = "the worker process running this case died (out of memory or a crash)"
 
 
@@ -90,7 +91,7 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
     cluster = None
     if address:
         try:
-            client = Client(address, timeout="20s")
+            client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {address} ({one_line(exc)})") from None
         for t in todo:

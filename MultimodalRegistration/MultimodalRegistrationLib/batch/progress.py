@@ -75,7 +75,7 @@ def bar_events(stream=None) -> Callable[[dict], None]:
         if bar is None:
             bar = state["bar"] = tqdm(total=ev["total"], unit="case", file=stream if stream is not None else sys.stderr,
                                       dynamic_ncols=True, smoothing=0,
-                                      bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cases [{elapsed}] {postfix}")
+                                      bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cases [{elapsed}]{postfix}")
         # ETA from the cases that actually ran (Tracker.eta): skipped cases do not make it optimistic
         eta = ev.get("eta_s")
         cur = "ETA --:--" if eta is None else f"ETA {int(eta // 60):02d}:{int(eta % 60):02d}"
