@@ -64,24 +64,25 @@ class _View:
     """How an axial (i, j) slice is shown: radiological (patient right on the left), anterior up,
     cropped to the T2's foreground, resized to square display pixels of at most PANEL_PX."""
 
-    def __init__(self, axial: Volume, ks: list[int], t2n: np.ndarray, panel_px: int = PANEL_PX):
+    def __init__(self, axial: Volume, ks: list[int], t2n: dict, panel_px: int = PANEL_PX):
         d = axial.direction
         ax_x = int(np.argmax(np.abs(d[0, :2])))         # voxel axis closest to R-L
         ax_y = 1 - ax_x
         self.transpose = ax_x == 1                      # want array[row=y, col=x]
         self.flip_x = d[0, ax_x] > 0                    # +R must go left on screen
         self.flip_y = d[1, ax_y] > 0                    # +A must go up
-        fg = np.zeros(t2n.shape[:2], bool)
+        shape2 = axial.shape[:2]
+        fg = np.zeros(shape2, bool)
         for k in ks:
-            fg |= t2n[:, :, k] > 0.05
+            fg |= t2n[k] > 0.05
         if not fg.any():
             fg[:] = True
         ii, jj = np.nonzero(fg)
         m = 4
         self.crop = (slice(max(0, ii.min() - m), ii.max() + m + 1), slice(max(0, jj.min() - m), jj.max() + m + 1))
         sp = axial.spacing
-        ni = min(self.crop[0].stop, t2n.shape[0]) - self.crop[0].start
-        nj = min(self.crop[1].stop, t2n.shape[1]) - self.crop[1].start
+        ni = min(self.crop[0].stop, shape2[0]) - self.crop[0].start
+        nj = min(self.crop[1].stop, shape2[1]) - self.crop[1].start
         w_mm, h_mm = (ni * sp[0], nj * sp[1]) if not self.transpose else (nj * sp[1], ni * sp[0])
         ppm = panel_px / max(w_mm, h_mm, 1e-6)
         self.size = (max(8, int(round(w_mm * ppm))), max(8, int(round(h_mm * ppm))))  # (width, height)
@@ -109,20 +110,15 @@ class _View:
         return np.asarray(im)
 
 
-def _norm(a: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Intensities to [0, 1] by the 1st-99.5th percentile (of the voxels in ``mask`` when given)."""
-    a = np.asarray(a, dtype=np.float32)
-    vals = a[mask] if mask is not None and mask.any() else a
-    if vals.size > 200_000:
-        vals = vals[:: vals.size // 200_000 + 1]
-    lo, hi = np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0)
-    return np.clip((a - lo) / max(float(hi - lo), 1e-6), 0, 1)
-
-
-def _lohi(a: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    vals = a[mask] if mask.any() else a.ravel()
-    if vals.size > 200_000:
-        vals = vals[:: vals.size // 200_000 + 1]
+def _lohi(a: np.ndarray, mask: Optional[np.ndarray] = None, max_samples: int = 200_000) -> tuple[float, float]:
+    """1st and 99.5th percentile of ``a`` (where ``mask`` > 0 when given), on a regular subsample."""
+    flat = np.asarray(a).reshape(-1)
+    step = max(1, flat.size // max_samples)
+    vals = flat[::step]
+    if mask is not None:
+        m = np.asarray(mask).reshape(-1)[::step] > 0
+        if m.any():
+            vals = vals[m]
     lo, hi = np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0)
     return float(lo), float(hi)
 
@@ -287,9 +283,11 @@ def qc_figures(out_dir, *, axial: Volume, coronal: Volume, cet1_on_axial: Volume
     out_dir = Path(out_dir)
     covered = cet1_on_axial.array > 0
     ks = _pick_slices(covered, n_slices)
-    t2n = _norm(axial.array, axial.array > 0)
+    t2_arr = np.asarray(axial.array, np.float32)
+    t2_lohi = _lohi(t2_arr, t2_arr)
+    t2n = {k: _norm_like(t2_arr[:, :, k], t2_lohi) for k in ks}
     ce_arr = np.asarray(cet1_on_axial.array, np.float32)
-    ce_lohi = _lohi(ce_arr, covered)
+    ce_lohi = _lohi(ce_arr, ce_arr)
     synth_arr = None if synth_on_axial is None else np.asarray(synth_on_axial.array, np.float32)
     synth_lohi = None if synth_arr is None else _lohi(synth_arr, covered)
 
@@ -300,7 +298,7 @@ def qc_figures(out_dir, *, axial: Volume, coronal: Volume, cet1_on_axial: Volume
     view = _View(axial, ks, t2n)
     rows, before_strip, after_strip, row_titles = [], [], [], []
     for k in ks:
-        t2 = view.gray(t2n[:, :, k])
+        t2 = view.gray(t2n[k])
         ce_a = view.gray(ce_norm(ce_arr[:, :, k]))
         ce_b = view.gray(ce_norm(before[k]))
         cov_a = view.gray(covered[:, :, k].astype(np.float32)) > 0.5
