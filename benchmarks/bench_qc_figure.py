@@ -105,6 +105,7 @@ def main(argv=None) -> int:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
         "commit": _git("rev-parse", "HEAD").strip(), "threads": args.threads, "reps": args.reps,
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs (shared with other jobs)",
+        "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         "pipeline_s_without_figure": round(pipeline_s, 3),
         "qc_figures_cold": {k: round(v, 4) for k, v in runs[0].items()},
         "qc_figures_warm_median": {k: round(statistics.median(r[k] for r in runs[1:]), 4) for k in runs[0]}

@@ -68,7 +68,7 @@ def bar_events(stream=None) -> Callable[[dict], None]:
     """A tqdm bar over the cases; the postfix names the case that reported last and its stage."""
     from tqdm import tqdm
 
-    state = {"bar": None}
+    state = {"bar": None, "t": 0.0}
 
     def _emit(ev: dict) -> None:
         bar = state["bar"]
@@ -85,9 +85,13 @@ def bar_events(stream=None) -> Callable[[dict], None]:
                 cur += f": {ev['case_stage']}"
                 if ev.get("case_total"):
                     cur += f" {ev['case_done']}/{ev['case_total']}"
+        now = time.monotonic()
+        changed = bar.n != ev["done"]
         bar.n = ev["done"]
         bar.set_postfix_str(cur, refresh=False)
-        bar.refresh()
+        if changed or now - state["t"] >= 0.1:   # stage events can come hundreds a second
+            bar.refresh()
+            state["t"] = now
         if ev["done"] >= ev["total"]:
             bar.close()
             state["bar"] = None
