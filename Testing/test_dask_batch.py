@@ -13,10 +13,10 @@ import distributed  # noqa: F401  (a missing Dask must fail this module, not ski
 import pytest
 
 from MultimodalRegistrationLib import batch
-from test_batch import PARAMS, _make_case, _rows, fake_run_case, slow_run_case
+from test_batch import PARAMS, _make_case, _rows, calls, fake_run_case, slow_run_case  # noqa: F401 (fixture)
 
 
-def test_dask_matches_local_survives_a_dying_worker_and_times_out_a_stuck_case(tmp_path):
+def test_dask_matches_local_survives_a_dying_worker_and_times_out_a_stuck_case(tmp_path, calls):
     d = tmp_path / "in"
     cases = [_make_case(d, f"p{i}", labels=(i == 0)) for i in range(3)]
     crash = _make_case(d, "zz", cor_name="crash_coronal.nii.gz")      # kills its worker process each time
@@ -28,13 +28,16 @@ def test_dask_matches_local_survives_a_dying_worker_and_times_out_a_stuck_case(t
     events = []
     t0 = time.monotonic()
     res = batch.run_batch([cases[0], crash, stuck, bad, *cases[1:]], dsk, PARAMS, run_case=slow_run_case,
-                          executor="dask", jobs=2, case_timeout=8.0, progress=events.append)
+                          executor="dask", jobs=2, case_timeout=5.0, progress=events.append)
     elapsed = time.monotonic() - t0
     st = {r.case_id: r for r in res}
     assert st["zz"].status == "failed" and "worker process" in st["zz"].error, st["zz"]
+    tries = [c.split(":")[0] for c in calls()]
+    assert tries.count("zz") == 2, "a case that kills its worker is tried exactly twice"
+    assert tries.count("p1") == 2, "innocent cases run once (here and in the local batch above)"
     assert st["stuck"].status == "failed" and "timed out" in st["stuck"].error, st["stuck"]
     assert st["bad"].status == "failed" and "is unusable" in st["bad"].error and "\n" not in st["bad"].error
-    assert elapsed < 55, f"the stuck case was waited for ({elapsed:.0f} s)"
+    assert elapsed < 50, f"the stuck case was waited for ({elapsed:.0f} s)"
     for c in cases:
         assert st[c.case_id].status == "done", st[c.case_id]
         # the same bytes as the local executor, and the same marker content (but for timing fields)

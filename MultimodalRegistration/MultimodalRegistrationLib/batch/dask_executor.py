@@ -14,10 +14,14 @@ adds and how it is kept safe:
   ``OUT/.mmreg_staging/<id>/<attempt>/`` and only a complete folder, marker written last, is renamed
   to ``OUT/<id>/``, so two tries (a lost worker may still be running) never mix files. A try that
   finds the case already finished *by this batch run* (same ``run_id`` in the marker) returns that
-  result instead of redoing it. On a LocalCluster a case is retried once
-  (``distributed.scheduler.allowed-failures`` = 1), as the local executor does; a case whose
-  worker died again is recorded failed ("the worker process running this case died"). A remote
-  scheduler uses its own setting (Dask's default: 3 retries).
+  result instead of redoing it. When the scheduler gives up on a case (``KilledWorker``) the batch
+  submits it once more; a case whose worker dies again is recorded failed ("the worker process
+  running this case died"). On the LocalCluster the scheduler gives up at the first death
+  (``allowed-failures`` = 0), so a case is tried twice in all, as with the local executor. A
+  remote scheduler applies its own settings (Dask's default: 3 retries, then the batch's one more).
+  The batch hands the cluster only as many cases as it has worker threads (its own queue holds
+  the rest), so a worker holds only the case it runs and a death never counts against a case that
+  was merely queued there.
 * **Timeouts**: the case's clock starts when a worker begins it (a "start" event); past the
   limit its future is cancelled and its worker restarted through the nanny (the only way to stop
   a case stuck in C code), and the case is recorded "timed out". Put one thread per worker
@@ -32,6 +36,7 @@ import dataclasses
 import os
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -103,7 +108,9 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
                 note(n_)
         for t in todo:
             t.threads = n_threads
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+        # allowed-failures 0: a worker death fails its task at once and the batch resubmits the case
+        # itself (once, below).
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                               "distributed.worker.daemon": False,
                               "distributed.logging.distributed": "error"}):
             cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -127,13 +134,27 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
 
     client.subscribe_topic(topic, on_event)
     futs = {}
+    retried: set[str] = set()
+
+    def submit(t: Task):
+        f = client.submit(dask_case, t, topic, key=f"mmreg-{t.case.case_id}-{uuid.uuid4().hex[:8]}", pure=False,
+                          retries=0)
+        futs[f] = t
+        return f
+
+    # The batch keeps its own queue and hands the cluster only as many cases as it has worker
+    # threads: a worker then holds just the case it runs, so a worker that dies (or is restarted
+    # for a timeout) never takes down cases that were merely queued on it.
+    queue = deque(todo)
+    waiting: set = set()
     try:
-        for t in todo:
-            f = client.submit(dask_case, t, topic, key=f"mmreg-{t.case.case_id}-{uuid.uuid4().hex[:8]}", pure=False,
-                              retries=0)
-            futs[f] = t
-        waiting = set(futs)
-        while waiting:
+        while queue or waiting:
+            try:
+                capacity = max(1, sum(client.nthreads().values()))
+            except Exception:
+                capacity = 1
+            while queue and len(waiting) < capacity:
+                waiting.add(submit(queue.popleft()))
             try:
                 res = wait(list(waiting), timeout=0.25 if case_timeout else 2.0, return_when="FIRST_COMPLETED")
                 done = set(res.done)
@@ -148,6 +169,12 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
                 try:
                     r = f.result()
                 except Exception as exc:
+                    if _is_killed_worker(exc) and cid not in retried:
+                        # its worker died: try once more (on the cluster's other or restarted workers)
+                        retried.add(cid)
+                        started.pop(cid, None)
+                        queue.appendleft(t)
+                        continue
                     r = CaseResult(cid, "failed", error=DIED if _is_killed_worker(exc) else
                                    one_line(f"internal error: {type(exc).__name__}: {exc}"))
                 record(r)
