@@ -37,7 +37,7 @@ def test_dask_matches_local_survives_a_dying_worker_and_times_out_a_stuck_case(t
     assert tries.count("p1") == 2, "innocent cases run once (here and in the local batch above)"
     assert st["stuck"].status == "failed" and "timed out" in st["stuck"].error, st["stuck"]
     assert st["bad"].status == "failed" and "is unusable" in st["bad"].error and "\n" not in st["bad"].error
-    assert elapsed < 50, f"the stuck case was waited for ({elapsed:.0f} s)"
+    assert elapsed < 58, f"the stuck case (60 s) was waited for ({elapsed:.0f} s)"
     for c in cases:
         assert st[c.case_id].status == "done", st[c.case_id]
         # the same bytes as the local executor, and the same marker content (but for timing fields)

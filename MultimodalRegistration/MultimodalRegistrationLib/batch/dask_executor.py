@@ -23,10 +23,10 @@ adds and how it is kept safe:
   the rest), so a worker holds only the case it runs and a death never counts against a case that
   was merely queued there.
 * **Timeouts**: the case's clock starts when a worker begins it (a "start" event); past the
-  limit its future is cancelled and its worker restarted through the nanny (the only way to stop
-  a case stuck in C code), and the case is recorded "timed out". Put one thread per worker
-  (``--nthreads 1``) on a remote cluster: a restart also stops the other cases running on that
-  worker, which the scheduler then re-runs.
+  limit its future is cancelled and its worker process is ended (``client.run`` of ``os._exit``;
+  the only way to stop a case stuck in C code; a nanny starts a fresh worker), and the case is
+  recorded "timed out". Put one thread per worker (``--nthreads 1``) on a remote cluster: this
+  also stops the other cases running on that worker, which are then run again.
 * **Progress**: workers publish the pipeline stages with ``Worker.log_event`` on a topic of this
   batch; the batch process subscribes and feeds the same Tracker (same JSON lines).
 """
@@ -78,6 +78,11 @@ def dask_case(task: Task, topic: str) -> CaseResult:
                 pass
 
     return run_one(task, emit)
+
+
+def _exit_worker_process() -> None:
+    """Runs on a worker (client.run): ends its process at once, stopping the case stuck in it."""
+    os._exit(70)
 
 
 def _is_killed_worker(exc: BaseException) -> bool:
@@ -187,11 +192,11 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
                         continue
                     waiting.discard(f)
                     f.cancel()
-                    try:
-                        client.restart_workers([st[1]], raise_for_error=False)
+                    try:   # end that worker process now; its nanny starts a fresh one (do not wait for it)
+                        client.run(_exit_worker_process, workers=[st[1]], wait=False)
                     except Exception as exc:
                         if note is not None:
-                            note(f"could not restart the Dask worker {st[1]} running the timed-out case {cid} "
+                            note(f"could not stop the Dask worker {st[1]} running the timed-out case {cid} "
                                  f"({one_line(exc)}); it may go on running until it finishes")
                     record(CaseResult(cid, "failed", error=f"timed out: still running after {case_timeout:g} s "
                                                            f"(--case-timeout)"))
