@@ -537,6 +537,14 @@ def test_cli_manifest_error_is_one_line_exit_2(tmp_path, capsys):
     assert not out.exists()
     assert _cli(["batch", str(tmp_path / "nothing.csv"), "--out", str(out), "--jobs", "0"]) == 2
     assert not out.exists()
+    capsys.readouterr()
+    assert _cli(["batch", "--out", str(out)]) == 2                     # no INPUT
+    assert _cli(["batch", str(m), "--merge", str(tmp_path)]) == 2      # --merge takes no INPUT
+    assert _cli(["batch", "--merge", str(tmp_path)]) == 2              # nothing to merge
+    assert _cli(["batch", str(m), "--out", str(out), "--shard", "3/2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and "INPUT" in err[0] and "no summary-shard" in err[2] and "1 <= K <= N" in err[3], err
+    assert not out.exists()
 
 
 def _need_pipeline():

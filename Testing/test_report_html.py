@@ -263,3 +263,35 @@ def test_single_case_page_opens_expanded(tmp_path, browser):
     imgs = browser.execute_script("return [...document.querySelectorAll('tr.detail img')].map(i => i.naturalWidth)")
     assert len(imgs) == 3 and min(imgs) > 100
     _shot(browser, tmp_path, "report_html_case.png")
+
+
+def test_pipeline_writes_the_qc_outputs_and_batch_pages_name_the_final_folder(tmp_path, browser):
+    """The real pipeline on the bundled sample case (cheap settings), through the batch: every case
+    folder gets report.png, the flicker pair and report.html; the case page points at OUT/<id>, not at
+    the staging folder it was written in; OUT/report.html opens without errors and shows the figures."""
+    from MultimodalRegistrationLib import batch
+    from MultimodalRegistrationLib.pipeline import Params
+    from MultimodalRegistrationLib.sample import sample_paths
+
+    p = sample_paths()
+    case = batch.Case("sample01", p["coronal"], p["axial"], coronal_labels=p["coronal_labels"],
+                      axial_labels=p["axial_labels"])
+    params = Params(translator="none", device="cpu", polish="never",
+                    method_params={"init": "header", "levels_mm": [4.0], "iterations": [8], "max_points": [20000]})
+    out = tmp_path / "OUT"
+    (res,) = batch.run_batch([case], out, params, threads=1)
+    assert res.status == "done", res
+    d = out / "sample01"
+    for name in ("report.png", "qc_before.png", "qc_after.png", "report.html"):
+        assert (d / name).is_file(), name
+    rep = json.loads((d / "report.json").read_text())
+    assert "report_png_error" not in rep and rep["qc_figure_seconds"] > 0
+    page = (d / "report.html").read_text()
+    assert batch.STAGING not in page and str(d) in page, "the case page must name OUT/<id>"
+    marker = json.loads((d / batch.MARKER).read_text())
+    assert {"report.html", "qc_before.png", "qc_after.png"} <= set(marker["output_sha256"])
+    browser.get((out / "report.html").as_uri())   # a page of one case opens with that case expanded
+    time.sleep(0.3)
+    widths = browser.execute_script("return [...document.querySelectorAll('tr.detail img')].map(i => i.naturalWidth)")
+    assert len(widths) == 3 and min(widths) > 100
+    assert _severe(browser) == []
