@@ -112,11 +112,11 @@ class _View:
 
 def _lohi(a: np.ndarray, mask: Optional[np.ndarray] = None, max_samples: int = 200_000) -> tuple[float, float]:
     """1st and 99.5th percentile of ``a`` (where ``mask`` > 0 when given), on a regular subsample."""
-    flat = np.asarray(a).reshape(-1)
+    flat = np.asarray(a).ravel(order="K")      # no copy for the Fortran-ordered arrays nibabel gives
     step = max(1, flat.size // max_samples)
     vals = flat[::step]
     if mask is not None:
-        m = np.asarray(mask).reshape(-1)[::step] > 0
+        m = np.asarray(mask).ravel(order="K")[::step] > 0
         if m.any():
             vals = vals[m]
     lo, hi = np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0)
@@ -256,8 +256,8 @@ def _curve(values, best: Optional[int], width: int, ylabel: str, height: int = 1
 
 
 def _save_png(im, path: Path) -> Path:
-    # compress_level 3: ~3x faster than Pillow's default 6 for a few % larger files.
-    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG", compress_level=3), suffix=".png")
+    # compress_level 2: ~2.5x faster than Pillow's default 6 for ~12 % larger files.
+    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG", compress_level=2), suffix=".png")
 
 
 # ----------------------------------------------------------------------------- the figures
