@@ -322,6 +322,7 @@ def test_half_written_case_is_never_mistaken_for_finished(tmp_path, calls):
     rows = _rows(out)
     assert [rows[k]["status"] for k in "abc"] == ["done", "pending", "pending"]
     assert not [p for p in out.rglob("*") if ".part" in p.name]
+    assert '"id":"c","status":"pending"' in (out / batch.REPORT).read_text(), "the page is written after Ctrl-C too"
 
     # A crash could also leave a staging folder and an un-marked case folder behind.
     (out / batch.STAGING / "c" / "out").mkdir(parents=True)

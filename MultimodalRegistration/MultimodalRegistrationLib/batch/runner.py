@@ -152,10 +152,10 @@ def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: O
                 (out / STAGING).rmdir()   # only when empty: another shard may still be running
             except OSError:
                 pass
-        if report:
-            try:
-                write_batch_report(out, read_summary(path), report_name)
-            except Exception as exc:  # the review page must never fail a batch
-                if note is not None:
-                    note(f"{report_name} could not be written: {type(exc).__name__}: {exc}")
+            if report:   # also after Ctrl-C: the page then lists the unfinished cases as pending
+                try:
+                    write_batch_report(out, read_summary(path), report_name)
+                except Exception as exc:  # the review page must never fail a batch
+                    if note is not None:
+                        note(f"{report_name} could not be written: {type(exc).__name__}: {exc}")
     return [results.get(c.case_id) or CaseResult(c.case_id, "pending") for c in cases]
