@@ -18,7 +18,8 @@ from test_batch import PARAMS, _make_case, _rows, calls, fake_run_case, slow_run
 
 def test_dask_matches_local_survives_a_dying_worker_and_times_out_a_stuck_case(tmp_path, calls):
     d = tmp_path / "in"
-    cases = [_make_case(d, f"p{i}", labels=(i == 0)) for i in range(3)]
+    # several cases after the stuck one: if its worker were not stopped, some would queue behind it
+    cases = [_make_case(d, f"p{i}", labels=(i == 0)) for i in range(6)]
     crash = _make_case(d, "zz", cor_name="crash_coronal.nii.gz")      # kills its worker process each time
     stuck = _make_case(d, "stuck", cor_name="slow_coronal.nii.gz")    # sleeps 60 s
     bad = _make_case(d, "bad", cor_name="fail_coronal.nii.gz")        # a Python error: fails alone
@@ -50,18 +51,17 @@ def test_dask_matches_local_survives_a_dying_worker_and_times_out_a_stuck_case(t
         assert not (dsk / cid).exists(), f"a failed case left OUT/{cid}"
     assert not (dsk / batch.STAGING).exists()
     rows = _rows(dsk)
-    assert list(rows) == ["p0", "zz", "stuck", "bad", "p1", "p2"]
+    assert list(rows) == ["p0", "zz", "stuck", "bad", "p1", "p2", "p3", "p4", "p5"]
     assert {k: v["status"] for k, v in rows.items()} == {k: r.status for k, r in st.items()}
     assert (dsk / batch.REPORT).is_file()
     # worker progress reaches the batch through Dask events, in the same event format
     assert any(e.get("case_stage") == "register" and e.get("case_total") == 2 for e in events)
-    assert events[-1]["done"] == 6 and events[-1]["total"] == 6
+    assert events[-1]["done"] == 9 and events[-1]["total"] == 9
 
     # resume with Dask: finished cases are skipped (by the same markers), failed ones tried again
     res2 = batch.run_batch([cases[0], bad, *cases[1:]], dsk, PARAMS, run_case=fake_run_case, executor="dask",
                            jobs=2)
-    assert {r.case_id: r.status for r in res2} == {"p0": "skipped", "bad": "failed", "p1": "skipped",
-                                                  "p2": "skipped"}
+    assert {r.case_id: r.status for r in res2} == {"bad": "failed", **{c.case_id: "skipped" for c in cases}}
 
 
 def test_dask_address_requires_the_dask_executor(tmp_path):

@@ -80,8 +80,9 @@ def dask_case(task: Task, topic: str) -> CaseResult:
     return run_one(task, emit)
 
 
-def _exit_worker_process() -> None:
-    """Runs on a worker (client.run): ends its process at once, stopping the case stuck in it."""
+async def _exit_worker_process() -> None:
+    """Runs on a worker (client.run, in its event loop): ends its process at once, stopping the case
+    stuck in it. A coroutine, because Dask runs only coroutines fire-and-forget (wait=False)."""
     os._exit(70)
 
 
@@ -116,10 +117,9 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
         # allowed-failures 0: a worker death fails its task at once and the batch resubmits the case
         # itself (once, below).
         with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                              "distributed.worker.daemon": False,
                               "distributed.logging.distributed": "error"}):
             cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=40)
+                                   silence_logs=50)   # CRITICAL only: the summary reports failures
             client = Client(cluster)
     topic = f"mmreg-batch-{uuid.uuid4().hex}"
     started: dict[str, tuple[float, str]] = {}   # case id -> (monotonic start, worker address)
