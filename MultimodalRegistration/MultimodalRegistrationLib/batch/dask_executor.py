@@ -152,12 +152,19 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
     # for a timeout) never takes down cases that were merely queued on it.
     queue = deque(todo)
     waiting: set = set()
+    no_workers_since, told = time.monotonic(), False
     try:
         while queue or waiting:
             try:
-                capacity = max(1, sum(client.nthreads().values()))
+                n_threads_now = sum(client.nthreads().values())
             except Exception:
-                capacity = 1
+                n_threads_now = 0
+            capacity = max(1, n_threads_now)
+            if n_threads_now:
+                no_workers_since = time.monotonic()
+            elif not told and time.monotonic() - no_workers_since > 30 and note is not None:
+                note("the Dask cluster has no workers; waiting for some to join")
+                told = True
             while queue and len(waiting) < capacity:
                 waiting.add(submit(queue.popleft()))
             try:
