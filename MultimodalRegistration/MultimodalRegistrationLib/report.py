@@ -99,14 +99,14 @@ class _View:
     def gray(self, sl: np.ndarray) -> np.ndarray:
         """A [0, 1] float slice at display size (bilinear)."""
         from PIL import Image
-        im = Image.fromarray(self.orient(sl).astype(np.float32), mode="F").resize(self.size, Image.BILINEAR)
+        im = Image.fromarray(self.orient(sl).astype(np.float32)).resize(self.size, Image.BILINEAR)
         return np.clip(np.asarray(im), 0, 1)
 
     def labels(self, sl: np.ndarray) -> np.ndarray:
         """An integer label slice at display size (nearest)."""
         from PIL import Image
         a = self.orient(sl).astype(np.int32)
-        im = Image.fromarray(a, mode="I").resize(self.size, Image.NEAREST)
+        im = Image.fromarray(a).resize(self.size, Image.NEAREST)
         return np.asarray(im)
 
 
