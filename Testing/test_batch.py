@@ -322,6 +322,7 @@ def test_half_written_case_is_never_mistaken_for_finished(tmp_path, calls):
     rows = _rows(out)
     assert [rows[k]["status"] for k in "abc"] == ["done", "pending", "pending"]
     assert not [p for p in out.rglob("*") if ".part" in p.name]
+    assert '"id":"c","status":"pending"' in (out / batch.REPORT).read_text(), "the page is written after Ctrl-C too"
 
     # A crash could also leave a staging folder and an un-marked case folder behind.
     (out / batch.STAGING / "c" / "out").mkdir(parents=True)
@@ -341,11 +342,11 @@ def test_summary_is_rewritten_after_every_case(tmp_path, monkeypatch):
     seen = []
     real = batch.write_summary
 
-    def spy(out, cs, results):
-        p = real(out, cs, results)
+    def spy(out, cs, results, name=batch.SUMMARY):
+        p = real(out, cs, results, name)
         seen.append([r["status"] for r in batch.read_summary(p)])
         return p
-    monkeypatch.setattr(batch, "write_summary", spy)
+    monkeypatch.setattr(batch.runner, "write_summary", spy)
     batch.run_batch(cases, tmp_path / "out", PARAMS, run_case=fake_run_case)
     assert ["done", "pending", "pending"] in seen and ["done", "done", "pending"] in seen
     assert seen[-1] == ["done"] * 3
@@ -378,15 +379,15 @@ def test_concurrent_batch_on_same_out_is_refused(tmp_path):
     c = _make_case(tmp_path / "in", "p1")
     out = tmp_path / "out"
     out.mkdir()
-    with batch._Lock(out):
+    with batch.runner.OutLock(out):
         with pytest.raises(MMRegError, match="another 'mmreg batch'"):
             batch.run_batch([c], out, PARAMS, run_case=fake_run_case)
 
 
 def test_plan_jobs_caps_by_cores_and_memory(tmp_path, monkeypatch):
     cases = [_make_case(tmp_path / "in", f"p{i}") for i in range(4)]
-    monkeypatch.setattr(batch, "available_cpus", lambda: 2)
-    monkeypatch.setattr(batch, "available_memory_bytes", lambda: 64 * 1024**3)
+    monkeypatch.setattr(batch.resources, "available_cpus", lambda: 2)
+    monkeypatch.setattr(batch.resources, "available_memory_bytes", lambda: 64 * 1024**3)
     jobs, threads, notes = batch.plan_jobs(8, cases)
     assert (jobs, threads) == (2, 1) and "capped" in notes[0]
     assert batch.plan_jobs(1, cases)[:2] == (1, 2)
@@ -400,10 +401,10 @@ def test_plan_jobs_caps_by_cores_and_memory(tmp_path, monkeypatch):
     huge = Case("huge", big, big)
     need = batch.estimate_case_bytes(huge)
     assert need > 12 * 4 * 512**3
-    monkeypatch.setattr(batch, "available_memory_bytes", lambda: int(need * 1.5))
+    monkeypatch.setattr(batch.resources, "available_memory_bytes", lambda: int(need * 1.5))
     jobs, _, notes = batch.plan_jobs(2, [huge, *cases])
     assert jobs == 1 and "lowered" in notes[0]
-    monkeypatch.setattr(batch, "available_memory_bytes", lambda: int(need / 2))
+    monkeypatch.setattr(batch.resources, "available_memory_bytes", lambda: int(need / 2))
     jobs, _, notes = batch.plan_jobs(2, [huge])
     assert jobs == 1
 
@@ -537,6 +538,14 @@ def test_cli_manifest_error_is_one_line_exit_2(tmp_path, capsys):
     assert not out.exists()
     assert _cli(["batch", str(tmp_path / "nothing.csv"), "--out", str(out), "--jobs", "0"]) == 2
     assert not out.exists()
+    capsys.readouterr()
+    assert _cli(["batch", "--out", str(out)]) == 2                     # no INPUT
+    assert _cli(["batch", str(m), "--merge", str(tmp_path)]) == 2      # --merge takes no INPUT
+    assert _cli(["batch", "--merge", str(tmp_path)]) == 2              # nothing to merge
+    assert _cli(["batch", str(m), "--out", str(out), "--shard", "3/2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and "INPUT" in err[0] and "no summary-shard" in err[2] and "1 <= K <= N" in err[3], err
+    assert not out.exists()
 
 
 def _need_pipeline():
@@ -659,3 +668,55 @@ def test_killed_writer_never_replaces_the_destination(tmp_path):
     assert not dest.exists(), "a killed writer must not leave the destination behind"
     # what may remain is a hidden temporary file, never under the destination's name
     assert all(p.name.startswith(".big.nii.gz.") and ".part" in p.name for p in tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- shards and --merge
+
+def test_shards_are_deterministic_disjoint_and_cover_the_manifest(tmp_path):
+    cases = [Case(f"c{i}", tmp_path / "a", tmp_path / "b") for i in range(7)]
+    shards = [batch.shard_cases(cases, k, 3) for k in (1, 2, 3)]
+    assert [[c.case_id for c in s] for s in shards] == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
+    assert batch.parse_shard(" 2/3 ") == (2, 3)
+    for bad in ("0/3", "4/3", "3", "a/b", "1/0", ""):
+        with pytest.raises(ManifestError, match="shard"):
+            batch.parse_shard(bad)
+
+
+def test_shards_share_out_then_merge_into_one_summary_and_report(tmp_path, capsys):
+    from MultimodalRegistrationLib.errors import MMRegError
+    d = tmp_path / "in"
+    cases = [_make_case(d, f"p{i}") for i in range(4)] + [_make_case(d, "p4", cor_name="fail_coronal.nii.gz")]
+    out = tmp_path / "out"
+    out.mkdir()
+    # shard 2 runs while shard 1 holds its locks (two machines at once): allowed ...
+    with batch.runner.OutLock(out, (1, 2)):
+        r2 = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(2, 2))
+        # ... but the same shard twice, or a whole-manifest batch, is refused
+        with pytest.raises(MMRegError, match="another 'mmreg batch'"):
+            batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(1, 2))
+        with pytest.raises(MMRegError, match="another 'mmreg batch'"):
+            batch.run_batch(cases, out, PARAMS, run_case=fake_run_case)
+    assert [r.case_id for r in r2] == ["p1", "p3"]
+    assert not (out / batch.SUMMARY).exists(), "a shard must not write the whole summary"
+    with pytest.raises(InputError, match="shard.* 1/2"):
+        batch.merge_shards(out)
+    r1 = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(1, 2))
+    assert [r.case_id for r in r1] == ["p0", "p2", "p4"]
+    s1 = batch.read_summary(out / "summary-shard-1-of-2.csv")
+    s2 = batch.read_summary(out / "summary-shard-2-of-2.csv")
+    assert [r["case_id"] for r in s1] == ["p0", "p2", "p4"] and [r["case_id"] for r in s2] == ["p1", "p3"]
+    assert (out / "report-shard-1-of-2.html").is_file()
+    assert _cli(["batch", "--merge", str(out)]) == 1   # p4 failed
+    assert "merged 5 cases: 4 finished, 1 failed" in capsys.readouterr().out
+    rows = batch.read_summary(out / batch.SUMMARY)
+    assert [r["case_id"] for r in rows] == [f"p{i}" for i in range(5)]
+    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
+    assert rows[1] == s2[0]
+    page = (out / batch.REPORT).read_text()
+    assert '"id":"p4"' in page and '"status":"failed"' in page
+    # a resumed shard skips its finished cases; a shard summary of another N makes --merge refuse
+    r1b = batch.run_batch(cases, out, PARAMS, run_case=fake_run_case, shard=(1, 2))
+    assert [r.status for r in r1b] == ["skipped", "skipped", "failed"]
+    (out / "summary-shard-1-of-3.csv").write_text((out / "summary-shard-1-of-2.csv").read_text())
+    with pytest.raises(InputError, match="different shard counts"):
+        batch.merge_shards(out)

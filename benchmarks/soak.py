@@ -218,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="fast", choices=("fast", "bench", "paper"))
     ap.add_argument("--method", default="ours")
     ap.add_argument("--translator", default="none")
+    ap.add_argument("--executor", default="local", choices=("local", "dask"),
+                    help="mmreg batch --executor (dask: a LocalCluster of --jobs workers)")
     ap.add_argument("--quick", action="store_true", help="cheap registration settings (machinery check only)")
     ap.add_argument("--fresh", action="store_true", help="delete WORK/out first")
     ap.add_argument("--json", help="also write the results here")
@@ -238,7 +240,8 @@ def main(argv=None) -> int:
     print(f"simulating {a.cases} cases (preset {a.preset}) into {inputs}", file=sys.stderr)
     sim_s = make_cases(inputs, a.cases, a.preset, a.jobs)
     bad = make_bad_cases(inputs, a.bad) if a.bad else []
-    extra = ["--method", a.method, "--translator", a.translator, "--no-figure", "--device", "cpu"]
+    extra = ["--method", a.method, "--translator", a.translator, "--no-figure", "--device", "cpu",
+             "--executor", a.executor]
     if a.quick:
         extra += ["--param", "init=header", "--param", "levels_mm=[4.0]", "--param", "iterations=[8]",
                   "--param", "max_points=[20000]"]
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
 
     res = {
         "command": first["cmd"],
-        "cases": a.cases, "bad_cases": len(bad), "jobs": a.jobs, "preset": a.preset, "method": a.method,
+        "cases": a.cases, "bad_cases": len(bad), "jobs": a.jobs, "executor": a.executor, "preset": a.preset, "method": a.method,
         "translator": a.translator, "quick": a.quick,
         "exit_code": first["rc"],
         "finished": len(n_run), "flagged_unsuccessful": sum(r["success"] == "false" for r in n_run),

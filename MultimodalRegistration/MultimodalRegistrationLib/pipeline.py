@@ -220,13 +220,11 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         "total_seconds": round(seconds, 3),
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
     }
-    if params.report_png:
-        from .report import case_figure
-        try:
-            case_figure(ax, cet1_on_ax, synth_on_ax, result, out_dir / OUTPUT_FILES["report_png"],
-                        labels_on_axial=cl_on_ax)
-        except Exception as exc:  # a figure must never fail a registration
-            rep["report_png_error"] = f"{type(exc).__name__}: {exc}"
+    if params.report_png:  # report.png, qc_before/after.png, report.html; never raises (report.py)
+        from .report import write_case_report
+        rep.update(write_case_report(out_dir, axial=ax, coronal=cor, cet1_on_axial=cet1_on_ax, result=result,
+                                     transform=transform, labels_on_axial=cl_on_ax, axial_labels=al,
+                                     synth_on_axial=synth_on_ax, report=rep))
     tick()
     _write_text(out_dir / OUTPUT_FILES["report_json"], json.dumps(rep, indent=2, default=_json_default))
     # transform.json last: its presence means every other output is complete.

@@ -2,13 +2,12 @@
 
 A progress callback is ``progress(stage, done, total)``. ``json_progress`` writes one JSON line per
 call on stderr (``{"stage": "translate", "done": 7, "total": 18}``), which the Slicer module reads
-from its child process; ``bar_progress`` draws a terminal bar.
+from its child process; ``bar_progress`` draws a terminal bar with tqdm (one bar per stage).
 """
 from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Callable, Optional, TextIO
 
 ProgressFn = Callable[[str, int, int], None]
@@ -29,17 +28,26 @@ def json_progress(stream: TextIO | None = None) -> ProgressFn:
     return _emit
 
 
-def bar_progress(stream: TextIO | None = None, width: int = 30) -> ProgressFn:
-    start = time.monotonic()
+def bar_progress(stream: TextIO | None = None) -> ProgressFn:
+    """A tqdm bar per stage on ``stream`` (stderr by default); a new stage closes the previous bar."""
+    from tqdm import tqdm
+
+    state = {"stage": None, "bar": None}
 
     def _draw(stage: str, done: int, total: int) -> None:
-        out = stream if stream is not None else sys.stderr
-        frac = 0.0 if total <= 0 else min(1.0, done / total)
-        filled = int(round(frac * width))
-        elapsed = time.monotonic() - start
-        out.write(f"\r{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:6.1f}s")
-        if total > 0 and done >= total:
-            out.write("\n")
-        out.flush()
+        bar = state["bar"]
+        if bar is None or state["stage"] != stage or (bar.total or 0) != max(int(total), 0):
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=max(int(total), 0), desc=f"{stage:<10}", leave=True,
+                                      bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
+                                      file=stream if stream is not None else sys.stderr, dynamic_ncols=True)
+            state["stage"] = stage
+        bar.n = min(int(done), bar.total) if bar.total else int(done)
+        bar.refresh()
+        if bar.total and done >= bar.total:
+            bar.close()
+            state["bar"] = None
+            state["stage"] = None
 
     return _draw
