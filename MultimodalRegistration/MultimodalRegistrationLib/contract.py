@@ -48,8 +48,10 @@ TRANSFORM_MATRIX_KEY = "moving_to_fixed_ras"
 #: Keys every ``transform.json`` has.
 TRANSFORM_REQUIRED_KEYS = (TRANSFORM_MATRIX_KEY, "method", "metric", "seconds", "success")
 #: Keys the core may add: the chosen subset and the metric per subset (null where not evaluated), the
-#: forward/backward ``confidence`` check, the translator used and a note about it, the metric's name.
-TRANSFORM_OPTIONAL_KEYS = ("subset_index", "subset_metrics", "confidence", "translator", "translator_note",
+#: ``confidence`` (a number in [0, 1], 0.5 = the calibrated threshold, or null) and ``confidence_detail``
+#: (the rule and its measured inputs), the translator used and a note about it, the metric's name.
+TRANSFORM_OPTIONAL_KEYS = ("subset_index", "subset_metrics", "confidence", "confidence_detail", "translator",
+                           "translator_note", "success_note",
                            "metric_name", "note")
 
 

@@ -195,7 +195,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         "subset_index": result.subset_index,
         "seconds": float(seconds),
         "success": None if result.success is None else bool(result.success),
-        "confidence": _confidence(result),
+        "confidence": _confidence_score(result),
+        "confidence_detail": _confidence(result),
         "translator": translator.name,
         # Subsets pruned or not evaluated carry None (JSON null).
         "subset_metrics": None if result.subset_metrics is None else
@@ -203,6 +204,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     }
     if translator_note:
         transform["translator_note"] = translator_note
+    if result.success is None:
+        transform["success_note"] = (result.details or {}).get("success_note", "no calibrated success rule")
     rep = {
         "version": __version__,
         "inputs": {"coronal": str(coronal), "axial": str(axial), "coronal_labels": _s(coronal_labels),
@@ -253,11 +256,21 @@ def _polish(result, cor: Volume, ax: Volume, seed: int, progress):
                    details=details)
 
 
+def _confidence_score(result):
+    """One number for sorting and review (higher = more confident), or None without a calibrated rule:
+    for search-cr ``1 - disagreement / (2 * threshold)`` clipped to [0, 1], so 0.5 is the calibrated
+    threshold (flagged below). A monotone rescaling of the disagreement, not a probability."""
+    cons = (result.details or {}).get("consistency")
+    if result.method.startswith("search-cr") and cons and np.isfinite(cons["mm"]):
+        return round(float(np.clip(1.0 - float(cons["mm"]) / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0)), 4)
+    return None
+
+
 def _confidence(result) -> dict:
     """What the success flag rests on, for transform.json: the rule, its measured inputs and a note."""
     d = result.details or {}
     cons = d.get("consistency")
-    if result.method == "search-cr" and cons:
+    if result.method.startswith("search-cr") and cons:
         return {"rule": "forward/backward agreement", "consistency_mm": round(float(cons["mm"]), 3),
                 "threshold_mm": float(cons["threshold_mm"]),
                 "note": "forward (coronal->axial) and backward (axial->coronal) registrations, each with its own "

@@ -76,8 +76,8 @@ def format_metrics(result: Mapping) -> str:
     # ``success`` is the core's threshold test on the final metric, not an optimiser convergence flag
     if result.get("success") is None:
         parts.append("success unknown (no calibrated check for this result)")
-    elif (result.get("confidence") or {}).get("rule") == "forward/backward agreement":
-        c = result["confidence"]
+    elif (result.get("confidence_detail") or {}).get("rule") == "forward/backward agreement":
+        c = result["confidence_detail"]
         parts.append(f"forward/backward agree to {c.get('consistency_mm', float('nan')):.1f} mm "
                      + ("(passes)" if result.get("success") else "(flagged)"))
     else:
