@@ -603,57 +603,76 @@ def _ncc_and_jacobian(M: np.ndarray, lvl: _Level, c: np.ndarray, torch, jac: boo
     return ncc, frac, mv, w, J
 
 
-def _refine_lm(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch) -> tuple[np.ndarray, float, float]:
-    """Levenberg-Marquardt on the 6 rigid parameters. Maximising NCC is fitting a ~ alpha * m(x) + beta
-    by weighted least squares over (alpha, beta, x); with m linearised, the fit is linear in
-    (alpha, beta, alpha * dx) (variable projection), so each step solves one 8x8 system. The Jacobian
-    is analytic (sampled image gradient times the derivative of the sample positions): one sampling
-    pass per step. Rotations are about the moving stack's centre (``c_world`` under ``M0``)."""
+def _lm(M0: np.ndarray, c_world: np.ndarray, iters: int, evaluate, system, step, torch):
+    """The Levenberg-Marquardt loop both refinements share. ``evaluate(M, c)`` returns the state at the
+    moving->fixed map ``M`` (rotations about ``c``): (metric, overlap fraction, ...), metric nan when the
+    overlap is too small; ``system(state)`` the normal equations (A, b, k) whose rows k: are the 6 motion
+    parameters (they get the damping); ``step(theta)`` the motion update (rotation vector in radians,
+    translation in mm) or None. Steps are capped at ~6 degrees / 5 mm and kept only if the metric does not
+    drop (else the damping grows tenfold). Returns (M, metric, overlap fraction)."""
     M = np.asarray(M0, dtype=np.float64)
     mc = geometry.apply(np.linalg.inv(M), np.asarray(c_world, dtype=np.float64)[None])[0]  # moving-space centre
     c = np.asarray(c_world, dtype=np.float64)
-    ncc, frac, mv, w, J = _ncc_and_jacobian(M, lvl, c, torch)
-    if not np.isfinite(ncc):
-        return M, ncc, frac
-    a = lvl.vals.double()
+    state = evaluate(M, c)
+    if not np.isfinite(state[0]):
+        return M, state[0], state[1]
     lam = 1e-3
     for _ in range(int(iters)):
-        wd = w.double()
-        X = torch.cat([mv.double()[:, None], torch.ones_like(wd)[:, None], J.double()], dim=1)
-        A = X.T @ (X * wd[:, None])
-        bvec = X.T @ (wd * a)
-        diag = torch.diagonal(A)[2:].clone()
+        A, bvec, k = system(state)
+        diag = torch.diagonal(A)[k:].clone()
         accepted = None
         for _try in range(5):
             Ad = A.clone()
-            Ad[2:, 2:] += torch.diag(lam * diag + 1e-12)
+            Ad[k:, k:] += torch.diag(lam * diag + 1e-12)
             try:
                 th = torch.linalg.solve(Ad, bvec)
             except RuntimeError:
                 lam *= 10.0
                 continue
-            alpha = float(th[0])
-            if not np.isfinite(alpha) or abs(alpha) < 1e-9:
+            dx = step(th)
+            if dx is None:
                 break
-            dx = (th[2:] / alpha).cpu().numpy()
             dx[:3] = np.clip(dx[:3], -0.1, 0.1)            # at most ~6 degrees per step
             dx[3:] = np.clip(dx[3:], -5.0, 5.0)            # and 5 mm
             Mn = about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M
             cn = geometry.apply(Mn, mc[None])[0]
-            res = _ncc_and_jacobian(Mn, lvl, cn, torch)
-            if np.isfinite(res[0]) and res[0] >= ncc:
+            res = evaluate(Mn, cn)
+            if np.isfinite(res[0]) and res[0] >= state[0]:
                 accepted = (Mn, cn, res, dx)
                 lam = max(lam / 3.0, 1e-7)
                 break
             lam *= 10.0
         if accepted is None:
             break
-        Mn, c, (n2, frac, mv, w, J), dx = accepted
-        gain = n2 - ncc
-        M, ncc = Mn, n2
+        Mn, c, res, dx = accepted
+        gain = res[0] - state[0]
+        M, state = Mn, res
         if gain < 1e-6 or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
             break
-    return M, ncc, frac
+    return M, state[0], state[1]
+
+
+def _refine_lm(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, torch) -> tuple[np.ndarray, float, float]:
+    """Levenberg-Marquardt on the 6 rigid parameters. Maximising NCC is fitting a ~ alpha * m(x) + beta
+    by weighted least squares over (alpha, beta, x); with m linearised, the fit is linear in
+    (alpha, beta, alpha * dx) (variable projection), so each step solves one 8x8 system. The Jacobian
+    is analytic (sampled image gradient times the derivative of the sample positions): one sampling
+    pass per step. Rotations are about the moving stack's centre (``c_world`` under ``M0``)."""
+    a = lvl.vals.double()
+
+    def system(state):
+        _, _, mv, w, J = state
+        wd = w.double()
+        X = torch.cat([mv.double()[:, None], torch.ones_like(wd)[:, None], J.double()], dim=1)
+        return X.T @ (X * wd[:, None]), X.T @ (wd * a), 2
+
+    def step(th):
+        alpha = float(th[0])
+        if not np.isfinite(alpha) or abs(alpha) < 1e-9:
+            return None
+        return (th[2:] / alpha).cpu().numpy()
+
+    return _lm(M0, c_world, iters, lambda M, c: _ncc_and_jacobian(M, lvl, c, torch), system, step, torch)
 
 
 def _hat_basis(m, knots):
@@ -708,52 +727,21 @@ def _refine_lm_cr(M0: np.ndarray, lvl: _Level, c_world: np.ndarray, iters: int, 
     relation, not only a linear one). With m linearised and f' taken at the current fit, the model
     a ~ Phi(m) c + f'(m) J dx is linear in (c, dx): one (K+6)-square solve per step, as in
     :func:`_refine_lm` (which is the special case f(m) = alpha m + beta)."""
-    M = np.asarray(M0, dtype=np.float64)
-    mc = geometry.apply(np.linalg.inv(M), np.asarray(c_world, dtype=np.float64)[None])[0]
-    c = np.asarray(c_world, dtype=np.float64)
-    cr, frac, w, J, Phi, slope = _cr_and_jacobian(M, lvl, c, knots, torch)
-    if not np.isfinite(cr):
-        return M, cr, frac
     a = lvl.vals.double()
-    K = Phi.shape[1]
-    lam = 1e-3
-    for _ in range(int(iters)):
+    K = knots.numel()
+
+    def system(state):
+        _, _, w, J, Phi, slope = state
         X = torch.cat([Phi, slope[:, None] * J], dim=1)
         A = X.T @ (X * w[:, None])
-        bvec = X.T @ (w * a)
-        ridge = 1e-6 * float(torch.trace(A[:K, :K])) / K + 1e-9
-        diag = torch.diagonal(A)[K:].clone()
-        accepted = None
-        for _try in range(5):
-            Ad = A.clone()
-            Ad[:K, :K] += torch.eye(K, dtype=A.dtype) * ridge
-            Ad[K:, K:] += torch.diag(lam * diag + 1e-12)
-            try:
-                th = torch.linalg.solve(Ad, bvec)
-            except RuntimeError:
-                lam *= 10.0
-                continue
-            dx = th[K:].cpu().numpy()
-            if not np.all(np.isfinite(dx)):
-                break
-            dx[:3] = np.clip(dx[:3], -0.1, 0.1)
-            dx[3:] = np.clip(dx[3:], -5.0, 5.0)
-            Mn = about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M
-            cn = geometry.apply(Mn, mc[None])[0]
-            res = _cr_and_jacobian(Mn, lvl, cn, knots, torch)
-            if np.isfinite(res[0]) and res[0] >= cr:
-                accepted = (Mn, cn, res, dx)
-                lam = max(lam / 3.0, 1e-7)
-                break
-            lam *= 10.0
-        if accepted is None:
-            break
-        Mn, c, (cr2, frac, w, J, Phi, slope), dx = accepted
-        gain = cr2 - cr
-        M, cr = Mn, cr2
-        if gain < 1e-6 or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
-            break
-    return M, cr, frac
+        A[:K, :K] += torch.eye(K, dtype=A.dtype) * (1e-6 * float(torch.trace(A[:K, :K])) / K + 1e-9)
+        return A, X.T @ (w * a), K
+
+    def step(th):
+        dx = th[K:].cpu().numpy()
+        return dx if np.all(np.isfinite(dx)) else None
+
+    return _lm(M0, c_world, iters, lambda M, c: _cr_and_jacobian(M, lvl, c, knots, torch), system, step, torch)
 
 
 def _eval_ncc(M: np.ndarray, lvl: _Level, torch, dev=None) -> float:
