@@ -49,6 +49,13 @@ def worker_init(threads: int, queue) -> None:
     """Runs once in each local worker process: limit threads, remember the progress queue."""
     global _WORKER_QUEUE
     _WORKER_QUEUE = queue
+    if queue is not None and hasattr(queue, "cancel_join_thread"):
+        # A worker that dies (killed, out of memory) while its queue feeder holds the queue's shared
+        # write lock leaves it locked: the other workers' feeders then block forever, and a worker
+        # that waits for its feeder at exit never exits, so the pool's shutdown hangs (seen in
+        # test_jobs_2_matches_jobs_1_and_survives_a_dying_worker). Progress events are best-effort:
+        # a worker never waits for them at exit.
+        queue.cancel_join_thread()
     limit_process_threads(threads)
 
 
