@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
@@ -166,16 +167,14 @@ def _true(v) -> bool:
 def summarise(rows, methods) -> str:
     lines = ["| method | cases | group | success | median TRE | p95 TRE | flag agreement | median time |",
              "|---|---|---|---|---|---|---|---|"]
-    for m in methods:
-        for regime in ("paper", "large"):
-          for group, pick in ((f"tuning patients (exact truth), {regime} offsets",
-                               lambda r: not _true(r["held_out"]) and r["source"] not in UNCERTAIN_TRUTH),
-                              (f"BraTS-MET-00110 (truth ~2 mm uncertain), {regime} offsets",
-                               lambda r: r["source"] in UNCERTAIN_TRUTH),
-                              (f"held-out patient, {regime} offsets", lambda r: _true(r["held_out"]))):
-            rs = [r for r in rows if r["method"] == m and r["regime"] == regime and pick(r)]
-            if not rs:
-                continue
+    groups = (("tuning patients (exact truth)",
+               lambda r: not _true(r["held_out"]) and r["source"] not in UNCERTAIN_TRUTH),
+              ("BraTS-MET-00110 (truth ~2 mm uncertain)", lambda r: r["source"] in UNCERTAIN_TRUTH),
+              ("held-out patient", lambda r: _true(r["held_out"])))
+    for m, regime, (label, pick) in itertools.product(methods, ("paper", "large"), groups):
+        group = f"{label}, {regime} offsets"
+        rs = [r for r in rows if r["method"] == m and r["regime"] == regime and pick(r)]
+        if rs:
             tre = np.array([float(r["tre_mean"]) for r in rs])
             ok = tre < SUCCESS_TRE_MM
             flags = [r["flag"] if isinstance(r["flag"], (bool, type(None))) else

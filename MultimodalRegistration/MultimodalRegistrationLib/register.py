@@ -386,8 +386,11 @@ def _moving_for_search(mov: np.ndarray, moving: Volume, g: float, torch):
 
 
 def _fft_ncc_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, fix_mask: np.ndarray,
-                    M0: np.ndarray, p: dict, torch, progress=None) -> list[tuple[float, np.ndarray]]:
+                    M0: np.ndarray, p: dict, torch, progress=None,
+                    cr_edges: np.ndarray | None = None) -> list[tuple[float, np.ndarray]]:
     """Global search around ``M0``: masked NCC over every translation within ``search_shift_mm`` (FFT)
+    (the correlation ratio on moving-intensity bins ``cr_edges`` instead, when given and the search
+    feature is the intensity)
     for each rotation of a lattice. Coarse to fine: every rotation is scored on a
     ``search_coarse_grid_mm`` grid, the ``search_keep`` best again on the ``search_grid_mm`` grid.
     Returns (ncc, moving_to_fixed) candidates, best first."""
@@ -412,8 +415,8 @@ def _fft_ncc_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Vol
         sg = _SearchGrid(fs, fixed, fix_mask, grid_mm, T, torch)
         out = []
         for i, Mc in enumerate(Ms):
-            if p.get("similarity") == "cr" and feature == "intensity":
-                ncc, M = sg.score_cr(mov_t, mv, Mc, p["_cr_edges"])
+            if cr_edges is not None and feature == "intensity":
+                ncc, M = sg.score_cr(mov_t, mv, Mc, cr_edges)
             else:
                 ncc, M = sg.score(mov_t, mv, Mc)
             out.append((ncc, M, Mc))
@@ -755,9 +758,9 @@ def register_ours(moving: Volume, fixed: Volume, *, params: dict | None = None, 
     torch = _torch()
     p = dict(OURS_DEFAULTS)
     p.update(params or {})
-    unknown = set(p) - set(SEARCH_CR_DEFAULTS) - {"initial_transform", "_cr_edges"}
+    unknown = set(p) - set(OURS_DEFAULTS) - {"initial_transform"}
     if unknown:
-        raise InputError(f"unknown parameter(s) for method 'ours': {', '.join(sorted(unknown))}")
+        raise InputError(f"unknown parameter(s) for the search engine: {', '.join(sorted(unknown))}")
     n_before = torch.get_num_threads()
     want = int(p["torch_threads"] or n_before)
     if want != n_before:
@@ -799,7 +802,6 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
         fg = sub[sub > 0.02]
         qs = np.quantile(fg, np.linspace(0.0, 1.0, nb)) if fg.size else np.linspace(0.02, 1.0, nb)
         knots_np = np.unique(np.concatenate([[0.0], qs]))
-        p["_cr_edges"] = knots_np[1:-1]
         cr_knots = torch.from_numpy(knots_np.astype(np.float64))
 
     if init == "center":
@@ -816,13 +818,14 @@ def _register_ours(moving: Volume, fixed: Volume, p: dict, progress, device, see
     cands = [(float("nan"), M0)]
     if init in ("search", "center"):
         t1 = time.perf_counter()
-        cands = _fft_ncc_search(mov, moving, fix, fixed, fix_mask, M0, p, torch, progress)
+        edges = knots_np[1:-1] if p["similarity"] == "cr" else None     # bins of the ratio's FFT search
+        cands = _fft_ncc_search(mov, moving, fix, fixed, fix_mask, M0, p, torch, progress, edges)
         if init == "search" and p.get("also_search_from_center"):
             # a second search around the signal centroids (the headers' rotation kept), pooled with
             # the first: it finds cases whose header positions are off by more than the search range,
             # or where a wrong peak near the header start outscores the true one further away
             Mc = center_init(moving.with_array(mov), fixed.with_array(fix)) @ M0
-            cands = sorted(cands + _fft_ncc_search(mov, moving, fix, fixed, fix_mask, Mc, p, torch, None),
+            cands = sorted(cands + _fft_ncc_search(mov, moving, fix, fixed, fix_mask, Mc, p, torch, None, edges),
                            key=lambda c: -c[0])
         details["search_best_ncc"] = cands[0][0]
         timings["search"] = time.perf_counter() - t1

@@ -43,7 +43,7 @@ from typing import Callable, Optional
 from ..errors import InputError
 from .markers import finished_marker
 from .progress import Tracker
-from .resources import limit_process_threads, plan_jobs
+from .resources import limit_process_threads, plan_tasks
 from .summary import CaseResult
 from .worker import Task, one_line, run_one
 
@@ -108,12 +108,7 @@ def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], 
         for t in todo:
             t.threads = threads
     else:
-        n_jobs, n_threads, plan_notes = plan_jobs(jobs, [t.case for t in todo], len(todo), threads)
-        for n_ in plan_notes:
-            if note is not None:
-                note(n_)
-        for t in todo:
-            t.threads = n_threads
+        n_jobs, _ = plan_tasks(jobs, todo, threads, note)
         # allowed-failures 0: a worker death fails its task at once and the batch resubmits the case
         # itself (once, below).
         with dask.config.set({"distributed.scheduler.allowed-failures": 0,

@@ -135,3 +135,15 @@ def plan_jobs(requested: int, cases: list[Case], n_to_run: Optional[int] = None,
         threads = max(1, cpus // jobs)
     return jobs, int(threads), notes
 
+
+
+def plan_tasks(requested: int, tasks: list, threads: Optional[int] = None, note=None) -> tuple[int, int]:
+    """:func:`plan_jobs` for the ``tasks`` about to run (each has ``.case`` and ``.threads``): passes its
+    notes to ``note``, gives every task its torch thread count, returns (jobs, threads per job)."""
+    n_jobs, n_threads, notes = plan_jobs(requested, [t.case for t in tasks], len(tasks), threads)
+    if note is not None:
+        for n_ in notes:
+            note(n_)
+    for t in tasks:
+        t.threads = n_threads
+    return n_jobs, n_threads

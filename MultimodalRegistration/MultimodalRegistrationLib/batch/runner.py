@@ -11,7 +11,7 @@ from .layout import LOCK, REPORT, STAGING, SUMMARY, shard_lock_name, shard_repor
 from .manifest import Case, ManifestError, check_cases, shard_cases
 from .markers import case_hash, finished_marker, remove_tree
 from .progress import Tracker
-from .resources import plan_jobs, set_threads
+from .resources import plan_tasks, set_threads
 from .summary import CaseResult, read_summary, write_batch_report, write_summary
 from .worker import Task, run_one, staging_dir
 
@@ -127,12 +127,7 @@ def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: O
                          case_timeout=case_timeout, address=dask_address, note=note)
             elif todo:
                 from .local import on_worker_event, run_pool
-                n_jobs, n_threads, plan_notes = plan_jobs(jobs, [t.case for t in todo], len(todo), threads)
-                for n_ in plan_notes:
-                    if note is not None:
-                        note(n_)
-                for t in todo:
-                    t.threads = n_threads
+                n_jobs, n_threads = plan_tasks(jobs, todo, threads, note)
                 if jobs <= 1 and case_timeout is None:
                     previous = set_threads(n_threads)
                     try:
