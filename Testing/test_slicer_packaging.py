@@ -81,9 +81,16 @@ def _files_on_disk():
                 continue
             if rel.parts[0] == "Resources":
                 resources.add(rel.as_posix())
-            elif rel.suffix == ".py" and rel.parts[0] != "Testing":
+            elif rel.suffix == ".py" and rel.parts[0] not in ("Testing", "MultimodalRegistrationLab"):
                 scripts.add(rel.as_posix())
     return scripts, resources
+
+
+def test_lab_package_is_not_shipped():
+    """The team's training/simulation/benchmark package stays out of the packaged extension."""
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
+    assert (MODULE_DIR / "MultimodalRegistrationLab" / "__init__.py").is_file()
+    assert "MultimodalRegistrationLab" not in text
 
 
 def test_module_cmake_lists_every_script_and_resource():

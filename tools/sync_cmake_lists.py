@@ -7,8 +7,9 @@
 A Python file or resource missing from ``MODULE_PYTHON_SCRIPTS`` / ``MODULE_PYTHON_RESOURCES``
 works from the source tree but is absent from the packaged extension. Listed:
 
-* scripts: every ``*.py`` under ``MultimodalRegistration/`` except ``Testing/`` (the
-  ``MultimodalRegistrationLib/*.py`` core included);
+* scripts: every ``*.py`` under ``MultimodalRegistration/`` except ``Testing/`` and the team's
+  ``MultimodalRegistrationLab/`` (training, simulation, benchmarks: not shipped); the
+  ``MultimodalRegistrationLib`` core is included;
 * resources: every file under ``MultimodalRegistration/Resources/``.
 
 Caches, dot-files and build products (``__pycache__``, ``*.pyc``, ``*.egg-info``) are ignored.
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = "MultimodalRegistration"
 MODULE_DIR = ROOT / MODULE
 CMAKE = MODULE_DIR / "CMakeLists.txt"
+#: top-level folders of the module directory that the packaged extension does not ship
+NOT_SHIPPED = ("Testing", "MultimodalRegistrationLab")
 IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".hypothesis", ".ipynb_checkpoints"}
 
 
@@ -37,7 +40,7 @@ def scripts_on_disk(module_dir: Path = MODULE_DIR) -> list[str]:
     out = []
     for path in module_dir.rglob("*.py"):
         rel = path.relative_to(module_dir)
-        if rel.parts[0] == "Testing" or _ignored(rel):
+        if rel.parts[0] in NOT_SHIPPED or _ignored(rel):
             continue
         out.append(rel.as_posix())
     return sorted(out, key=lambda s: (s.count("/"), s))
