@@ -18,9 +18,10 @@ spec.loader.exec_module(golden)
 
 
 @pytest.fixture
-def restore_threads():
+def restore_threads(monkeypatch):
     import SimpleITK as sitk
     import torch
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # golden.one_thread() sets it; monkeypatch restores it
     before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     yield
     torch.set_num_threads(before[0])

@@ -57,3 +57,46 @@ def test_unknown_mode_and_color_table():
     table = labels.color_table([0, 3, 5])
     lines = [ln for ln in table.splitlines() if not ln.startswith("#")]
     assert [ln.split()[0] for ln in lines] == ["0", "3", "5"]
+
+
+def _full_grid_reference(lab: Volume, shape, affine, target_to_source):
+    """Per-label linear + argmax over the whole target grid (what transfer() computed before it
+    restricted the work to the labels' box)."""
+    best = geometry.resample(Volume((lab.array == 0).astype(np.float32), lab.affine), shape, affine,
+                             target_to_source, order=1, cval=1.0)
+    out = np.zeros(shape, dtype=np.int32)
+    for v in [int(x) for x in np.unique(lab.array) if x != 0]:
+        w = geometry.resample(Volume((lab.array == v).astype(np.float32), lab.affine), shape, affine,
+                              target_to_source, order=1)
+        out[w > best] = v
+        best = np.maximum(best, w)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_transfer_equals_the_whole_grid_computation(seed):
+    rng = np.random.default_rng(seed)
+    src = np.zeros((30, 28, 9), dtype=np.int32)
+    src[5:12, 6:15, 2:6] = 1
+    src[14:20, 3:9, 4:8] = 2
+    src[0:3, 25:28, 7:9] = 5                      # touches the grid's corner
+    src_affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    src_affine[:3, 3] = (-2.0, 1.0, 0.5)
+    lab = Volume(src, src_affine)
+    M = np.eye(4)
+    M[:3, :3] = geometry.rotation_matrix(*np.deg2rad(rng.uniform(-20, 20, 3)))
+    M[:3, 3] = rng.uniform(-4, 4, 3)
+    shape, aff = (40, 33, 12), np.diag([0.7, 0.8, 2.5, 1.0])
+    got = labels.transfer(lab, shape, aff, M, "linear")
+    assert np.array_equal(got, _full_grid_reference(lab, shape, aff, M))
+    assert set(np.unique(got)) >= {0, 1, 2}
+
+
+def test_linear_transfer_of_labels_outside_the_target_is_background():
+    src = np.zeros((10, 10, 4), dtype=np.int32)
+    src[2:5, 2:5, 1:3] = 3
+    far = np.eye(4)
+    far[0, 3] = 500.0
+    lab = Volume(src, far)
+    assert not labels.transfer(lab, (8, 8, 4), np.eye(4), None, "linear").any()
+    assert not labels.transfer(Volume(np.zeros((4, 4, 4), np.int32), np.eye(4)), (5, 5, 5), np.eye(4)).any()

@@ -25,19 +25,62 @@ def transfer(labels: Volume, target_shape, target_affine: np.ndarray,
     if mode == "nearest":
         return geometry.resample(labels, target_shape, target_affine, target_to_source_world, order=0,
                                  dtype=np.int32)
-    values = [int(v) for v in np.unique(labels.array) if v != 0]
     shape = tuple(int(s) for s in target_shape)
-    # Background competes like any label; outside the source grid it has full weight.
-    bg = Volume((labels.array == 0).astype(np.float32), labels.affine)
-    best = geometry.resample(bg, shape, target_affine, target_to_source_world, order=1, cval=1.0)
     out = np.zeros(shape, dtype=np.int32)
+    src = np.asarray(labels.array)
+    present = np.nonzero(src)
+    if not len(present[0]):
+        return out
+    # Only the target voxels that can see a label are computed: the box of the source voxels with a
+    # label (one voxel of interpolation support around it), mapped onto the target grid. Outside it
+    # every label has weight 0 and background wins, as on the whole grid (same result, much less work).
+    lo = np.array([a.min() for a in present]) - 1
+    hi = np.array([a.max() for a in present]) + 1
+    target_box = _target_box(lo, hi, labels.affine, shape, target_affine, target_to_source_world)
+    if target_box is None:
+        return out
+    (t0, t1) = target_box
+    sub_shape = tuple(int(b - a) for a, b in zip(t0, t1))
+    sub_affine = np.asarray(target_affine, dtype=np.float64) @ _shift(t0)
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(src.shape) - 1)
+    crop = src[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+    crop_affine = np.asarray(labels.affine, dtype=np.float64) @ _shift(lo)
+    values = [int(v) for v in np.unique(crop) if v != 0]
+    # Background competes like any label; outside the source grid (and its cropped box, where the
+    # source holds no label) it has full weight.
+    bg = Volume((crop == 0).astype(np.float32), crop_affine)
+    best = geometry.resample(bg, sub_shape, sub_affine, target_to_source_world, order=1, cval=1.0)
+    sub = np.zeros(sub_shape, dtype=np.int32)
     for v in values:
-        ind = Volume((labels.array == v).astype(np.float32), labels.affine)
-        w = geometry.resample(ind, shape, target_affine, target_to_source_world, order=1)
+        ind = Volume((crop == v).astype(np.float32), crop_affine)
+        w = geometry.resample(ind, sub_shape, sub_affine, target_to_source_world, order=1)
         win = w > best
-        out[win] = v
+        sub[win] = v
         best[win] = w[win]
+    out[t0[0]:t1[0], t0[1]:t1[1], t0[2]:t1[2]] = sub
     return out
+
+
+def _shift(offset) -> np.ndarray:
+    """The 4x4 matrix adding ``offset`` to voxel indices."""
+    m = np.eye(4)
+    m[:3, 3] = np.asarray(offset, dtype=np.float64)
+    return m
+
+
+def _target_box(lo, hi, source_affine, target_shape, target_affine, target_to_source_world):
+    """Half-open index box ``(start, stop)`` of the target voxels whose centres map into the source
+    index box ``[lo, hi]`` (inclusive, padded by one voxel), or None when none do."""
+    corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    world_to_target = np.linalg.inv(np.asarray(target_affine, dtype=np.float64))
+    source_to_target_world = np.eye(4) if target_to_source_world is None else \
+        np.linalg.inv(np.asarray(target_to_source_world, dtype=np.float64))
+    idx = (world_to_target @ source_to_target_world @ np.asarray(source_affine, dtype=np.float64) @ corners.T)[:3]
+    start = np.maximum(np.floor(idx.min(axis=1)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(idx.max(axis=1)).astype(int) + 2, np.asarray(target_shape))
+    if np.any(stop <= start):
+        return None
+    return start, stop
 
 
 def moving_labels_onto_fixed(labels: Volume, fixed: Volume, moving_to_fixed: np.ndarray,

@@ -7,10 +7,14 @@ applies the transform to the original ceT1 and the labels, and writes the output
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import sys
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,72 +124,101 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     report(progress, "load", 1, 1)
     timings["load"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    synth = translator.convert(cor, "ceT1-to-T2", progress=progress)
-    timings["translate"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    # search-cr and mi compare the original ceT1 with the T2 (any contrast); search-ncc and paper the
-    # translator's synthetic T2 (monomodal)
-    moving = cor if method in ("mi", "search-cr") else synth
-    result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
-                      device=_resolve_device(params.device), seed=params.seed)
-    timings["register"] = time.perf_counter() - t
-    polish = method in ("search-ncc", "search-cr") and (
-        params.polish == "always" or (params.polish == "auto" and method == "search-ncc" and not result.success))
-    if polish:
+    workers = _workers()
+    # search-cr and mi register the original ceT1 to the T2 (any contrast), so the translator's synthetic
+    # T2 (an output, not an input of theirs) is computed on a second thread while they run, one torch
+    # thread each; search-ncc and paper register the synthetic T2 itself (monomodal), so it comes first.
+    concurrent = workers > 1 and method in ("mi", "search-cr")
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
         t = time.perf_counter()
-        result = _polish(result, cor, ax, params.seed, progress)
-        timings["polish"] = time.perf_counter() - t
-    M = np.asarray(result.moving_to_fixed, dtype=np.float64)
+        if concurrent:
+            report(progress, "translate", 0, 1)
+            with _torch_threads(1):
+                synth_job = pool.submit(_timed, translator.convert, cor, "ceT1-to-T2")
+                t = time.perf_counter()
+                moving = cor
+                result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
+                                  device=_resolve_device(params.device), seed=params.seed)
+                timings["register"] = time.perf_counter() - t
+                synth, timings["translate"] = synth_job.result()
+            report(progress, "translate", 1, 1)
+        else:
+            synth = translator.convert(cor, "ceT1-to-T2", progress=progress)
+            timings["translate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            moving = cor if method in ("mi", "search-cr") else synth
+            result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
+                              device=_resolve_device(params.device), seed=params.seed)
+            timings["register"] = time.perf_counter() - t
+        polish = method in ("search-ncc", "search-cr") and (
+            params.polish == "always" or (params.polish == "auto" and method == "search-ncc" and not result.success))
+        if polish:
+            t = time.perf_counter()
+            result = _polish(result, cor, ax, params.seed, progress)
+            timings["polish"] = time.perf_counter() - t
+        M = np.asarray(result.moving_to_fixed, dtype=np.float64)
 
-    t = time.perf_counter()
-    report(progress, "resample", 0, 2)
-    cet1_on_ax = geometry.moving_onto_fixed(cor, ax, M)
-    report(progress, "resample", 1, 2)
-    synth_on_ax = geometry.moving_onto_fixed(synth, ax, M)
-    report(progress, "resample", 2, 2)
-    fused = np.stack([np.asarray(ax.array, np.float32), cet1_on_ax.array, synth_on_ax.array], axis=-1)
-    timings["resample"] = time.perf_counter() - t
+        # resampling and label transfer: independent jobs (scipy releases the GIL), collected in order
+        t = time.perf_counter()
+        run = pool.submit if pool is not None else _run_now
+        report(progress, "resample", 0, 2)
+        cet1_job = run(geometry.moving_onto_fixed, cor, ax, M)
+        synth_job = run(geometry.moving_onto_fixed, synth, ax, M)
+        cl_job = run(labels_mod.moving_labels_onto_fixed, cl, ax, M, params.label_mode) if cl is not None else None
+        al_job = run(labels_mod.fixed_labels_onto_moving, al, cor, M, params.label_mode) if al is not None else None
+        cet1_on_ax = cet1_job.result()
+        report(progress, "resample", 1, 2)
+        synth_on_ax = synth_job.result()
+        report(progress, "resample", 2, 2)
+        fused = np.stack([np.asarray(ax.array, np.float32), cet1_on_ax.array, synth_on_ax.array], axis=-1)
+        timings["resample"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    cl_on_ax = al_on_cor = None
-    n_lab = int(cl is not None) + int(al is not None)
-    report(progress, "labels", 0, n_lab)
-    if cl is not None:
-        cl_on_ax = labels_mod.moving_labels_onto_fixed(cl, ax, M, params.label_mode)
-        report(progress, "labels", 1, n_lab)
-    if al is not None:
-        al_on_cor = labels_mod.fixed_labels_onto_moving(al, cor, M, params.label_mode)
-        report(progress, "labels", n_lab, n_lab)
-    timings["labels"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cl_on_ax = al_on_cor = None
+        n_lab = int(cl is not None) + int(al is not None)
+        report(progress, "labels", 0, n_lab)
+        if cl_job is not None:
+            cl_on_ax = cl_job.result()
+            report(progress, "labels", 1, n_lab)
+        if al_job is not None:
+            al_on_cor = al_job.result()
+            report(progress, "labels", n_lab, n_lab)
+        timings["labels"] = time.perf_counter() - t
+        # ------------------------------------------------------------------ write (atomically, per file)
+        t = time.perf_counter()
+        n_write = 6 + int(cl_on_ax is not None) + int(al_on_cor is not None) + int(cl is not None or al is not None)
+        step = 0
 
-    # ------------------------------------------------------------------ write (atomically, per file)
-    t = time.perf_counter()
-    n_write = 6 + int(cl_on_ax is not None) + int(al_on_cor is not None) + int(cl is not None or al is not None)
-    step = 0
+        def tick():
+            nonlocal step
+            step += 1
+            report(progress, "write", step, n_write)
 
-    def tick():
-        nonlocal step
-        step += 1
-        report(progress, "write", step, n_write)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_volume(synth, out_dir / OUTPUT_FILES["synth_t2"], dtype=np.float32); tick()
-    save_volume(cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32); tick()
-    save_volume(ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32); tick()
-    if cl_on_ax is not None:
-        save_volume(cl_on_ax, out_dir / OUTPUT_FILES["coronal_labels_on_axial"], dtype=np.uint16); tick()
-    if al_on_cor is not None:
-        save_volume(al_on_cor, out_dir / OUTPUT_FILES["axial_labels_on_coronal"], dtype=np.uint16); tick()
-    if cl is not None or al is not None:
-        values = set()
-        for v in (cl, al):
-            if v is not None:
-                values |= set(np.unique(v.array).tolist())
-        _write_text(out_dir / OUTPUT_FILES["label_colors"], labels_mod.color_table(values)); tick()
-    geometry.write_itk_tfm(M, out_dir / OUTPUT_FILES["transform_tfm"]); tick()
-    timings["write"] = time.perf_counter() - t
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writes = [run(save_volume, synth, out_dir / OUTPUT_FILES["synth_t2"], dtype=np.float32),
+                  run(save_volume, cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32),
+                  run(save_volume, ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32)]
+        if cl_on_ax is not None:
+            writes.append(run(save_volume, cl_on_ax, out_dir / OUTPUT_FILES["coronal_labels_on_axial"],
+                              dtype=np.uint16))
+        if al_on_cor is not None:
+            writes.append(run(save_volume, al_on_cor, out_dir / OUTPUT_FILES["axial_labels_on_coronal"],
+                              dtype=np.uint16))
+        for job in writes:
+            job.result()
+            tick()
+        if cl is not None or al is not None:
+            values = set()
+            for v in (cl, al):
+                if v is not None:
+                    values |= set(np.unique(v.array).tolist())
+            _write_text(out_dir / OUTPUT_FILES["label_colors"], labels_mod.color_table(values)); tick()
+        geometry.write_itk_tfm(M, out_dir / OUTPUT_FILES["transform_tfm"]); tick()
+        timings["write"] = time.perf_counter() - t
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
 
     transform = {
@@ -220,6 +253,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         "input_warnings": header_warnings,
         "fused_channels": list(FUSED_CHANNELS),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        # true: the translator ran on a second thread during the registration (timings overlap)
+        "translate_concurrent_with_register": concurrent,
         "total_seconds": round(seconds, 3),
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
     }
@@ -233,6 +268,46 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     # transform.json last: its presence means every other output is complete.
     _write_text(out_dir / OUTPUT_FILES["transform_json"], json.dumps(transform, indent=2)); tick()
     return transform
+
+
+def _workers() -> int:
+    """Threads for the pipeline's independent jobs: the CPU share this process was given
+    (``OMP_NUM_THREADS``, as ``mmreg batch --threads`` sets it per case), at most 2."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    except (ValueError, AttributeError):
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
+def _run_now(fn, *args, **kwargs) -> Future:
+    """``pool.submit`` without a pool: runs at once, returns a finished future."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(*args, **kwargs))
+    except BaseException as exc:
+        fut.set_exception(exc)
+    return fut
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's (process-wide) intra-op thread count set to ``n`` inside the block, when torch is in use."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None and before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch is not None and before != n:
+            torch.set_num_threads(before)
 
 
 def _polish(result, cor: Volume, ax: Volume, seed: int, progress):

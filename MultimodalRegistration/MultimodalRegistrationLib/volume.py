@@ -328,4 +328,23 @@ def save_volume(vol: Volume, path: str | os.PathLike, *, dtype=None, extra_dims:
     img.set_qform(vol.affine, code=1)
     img.set_sform(vol.affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=suffix)
+    if suffix != ".nii.gz":
+        return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=suffix)
+    # The same single-file NIfTI nibabel writes, gzip-compressed by ISA-L when installed (about 9x
+    # faster than zlib at the same ratio; any gzip reader opens it), else by zlib at nibabel's level 1.
+    raw = img.to_bytes()
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(gzip_compress(raw))
+    return atomic_write(path, write, suffix=suffix)
+
+
+def gzip_compress(data: bytes) -> bytes:
+    """gzip stream of ``data`` (level 1): ISA-L's igzip when the ``isal`` package is installed, else zlib."""
+    try:
+        from isal import igzip
+    except ImportError:
+        import gzip
+        return gzip.compress(data, compresslevel=1, mtime=0)
+    return igzip.compress(data, compresslevel=1, mtime=0)
