@@ -620,8 +620,6 @@ def test_requirements_are_pinned_and_cover_the_core_imports():
     import_to_dist = {"SimpleITK": "simpleitk", "PIL": "matplotlib", "skimage": "scikit-image", "yaml": "pyyaml"}
     provided_elsewhere = {"torch", "PyTorchUtils", "slicer", "vtk", "qt", "ctk", "psutil", "pytest", "hypothesis",
                           "PySide6", "elastix", "itk", "ants", "packaging",
-                          "picsl_greedy",  # benchmark-only anchor (evaluate_real.py), like elastix/ANTs
-                          "nilearn",  # nilearn: only to rebuild the bundled sample (sample.py), not for `register`
                           "dask", "distributed"}  # only `mmreg batch --executor dask` (the `cluster` extra)
     uncovered = sorted(n for n in _third_party_imports()
                        if n not in provided_elsewhere and import_to_dist.get(n, n).lower() not in names)

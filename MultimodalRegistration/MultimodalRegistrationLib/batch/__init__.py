@@ -30,6 +30,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..progress import progress_from_args
 from .layout import LOCK, LOGS, MARKER, REPORT, STAGING, SUMMARY, SUMMARY_COLUMNS, shard_summary_name
 from .manifest import (COLUMN_ALIASES, FOLDER_NAMES, REQUIRED_ROLES, ROLES, Case, ManifestError, check_cases,
                        load_cases, parse_shard, read_manifest, scan_folder, shard_cases, validate_case_id)
@@ -103,10 +104,7 @@ def run_cli(args) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     cases = load_cases(args.input)
     params = params_from_args(args)
-    mode = args.progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    emit = {"json": json_events(), "bar": bar_events(), "none": None}[mode]
+    emit = progress_from_args(args, json_renderer=json_events, bar_renderer=bar_events)
     summary_name = shard_summary_name(*shard) if shard else SUMMARY
     try:
         results = run_batch(cases, args.out, params, jobs=args.jobs, progress=emit, force=args.force,

@@ -85,8 +85,8 @@ def case_params(i: int, preset: str, hard_fraction: float, hard_rot: float, hard
 
 
 def run_method(method: str, case, params: dict, device: str, seed: int):
-    from .register import register
-    from . import baselines
+    from MultimodalRegistrationLib.register import register
+    from MultimodalRegistrationLib import baselines
     if method in ("ours", "paper"):
         return register(case.coronal_t2, case.axial_t2, method, params=params, device=device, seed=seed)
     if method == "mi":
@@ -96,7 +96,7 @@ def run_method(method: str, case, params: dict, device: str, seed: int):
 
 
 def score(case, M: np.ndarray) -> dict:
-    from . import geometry, metrics
+    from MultimodalRegistrationLib import geometry, metrics
     pts = metrics.overlap_points(case.coronal_t2, case.axial_t2, case.moving_to_fixed)
     t = metrics.tre(M, case.moving_to_fixed, pts)
     center = geometry.apply(case.moving_to_fixed, pts.mean(axis=0)[None])[0] if len(pts) else case.axial_t2.center_world()
@@ -165,7 +165,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def run_cli(args) -> int:
     from . import simulate
-    from .errors import InputError
+    from MultimodalRegistrationLib.errors import InputError
 
     _set_threads(int(args.threads))
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
@@ -257,7 +257,7 @@ def run_cli(args) -> int:
 
 def _reflag(row: dict) -> dict:
     """The method's success flag recomputed from its metric with the current documented threshold."""
-    from . import register as R
+    from MultimodalRegistrationLib import register as R
     thr = {"ours": (R.OURS_SUCCESS_NCC, 1.0), "paper": (R.PAPER_SUCCESS_MSE, -1.0), "mi": (R.MI_SUCCESS_METRIC, -1.0)}
     m = row["method"]
     if m in thr:
