@@ -120,3 +120,22 @@ def test_one_progress_option_for_every_command(capsys):
     emit({"stage": "batch", "done": 0, "total": 1})
     assert json.loads(capsys.readouterr().err) == {"stage": "batch", "done": 0, "total": 1}
 
+
+def test_one_thread_setting():
+    """batch (cases and workers), training and the lab's benchmarks set threads through threads.py only
+    (the registration engine's own per-call settings are its business)."""
+    from pathlib import Path
+
+    import torch
+
+    from MultimodalRegistrationLib import threads
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.set_threads(1) == before and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    lib = Path(cli.__file__).parent
+    files = [*lib.glob("batch/*.py"), lib / "cli.py", lib / "pipeline.py", *Path(simulate.__file__).parent.glob("*.py")]
+    setters = [p.name for p in files if "set_num_threads(" in p.read_text() or "SetGlobalDefaultNumberOfThreads(" in p.read_text()]
+    assert setters == [], setters

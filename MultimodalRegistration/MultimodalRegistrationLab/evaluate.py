@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MultimodalRegistrationLib.threads import limit_process_threads
+
 ALL_METHODS = ("ours", "paper", "mi", "elastix", "ants")
 FIELDS = ["case", "source", "seed", "hard", "method", "tre_mean", "tre_median", "tre_p95", "tre_max",
           "rot_err_deg", "trans_err_mm", "dice", "metric", "flag_success", "success", "seconds", "error",
@@ -57,21 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="more results.csv files (e.g. from a parallel run) to merge into the summary")
     parser.add_argument("--time-budget", type=float, default=0.0,
                         help="stop starting new cases after this many seconds (0 = no limit)")
-
-
-def _set_threads(n: int) -> None:
-    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
-    try:
-        import torch
-        torch.set_num_threads(n)
-    except Exception:  # pragma: no cover - torch is a dependency
-        pass
-    try:
-        import SimpleITK as sitk
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
-    except Exception:  # pragma: no cover
-        pass
 
 
 def case_params(i: int, preset: str, hard_fraction: float, hard_rot: float, hard_shift: float):
@@ -167,7 +154,7 @@ def run_cli(args) -> int:
     from . import simulate
     from MultimodalRegistrationLib.errors import InputError
 
-    _set_threads(int(args.threads))
+    limit_process_threads(int(args.threads))
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:

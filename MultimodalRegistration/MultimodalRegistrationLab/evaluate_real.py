@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MultimodalRegistrationLib.threads import limit_process_threads
+
 SOURCES = ("BraTSorch-case", "BraTS-MET-00110", "TCGA-FG-6692", "stroke", "TCGA-DU-7294")
 HELD_OUT = ("TCGA-DU-7294",)
 REGIMES = {"paper": (8.0, 15.0), "large": (30.0, 60.0)}
@@ -76,12 +78,7 @@ def main(argv=None) -> int:
 
 def run_cli(args) -> int:
     argv = sys.argv[1:]
-    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
-        os.environ[var] = str(args.threads)
-    import SimpleITK as sitk
-    import torch
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    torch.set_num_threads(args.threads)
+    limit_process_threads(args.threads)
     from MultimodalRegistrationLib import metrics
     from . import simulate
     from MultimodalRegistrationLib.register import register

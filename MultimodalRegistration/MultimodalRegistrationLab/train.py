@@ -33,6 +33,7 @@ import numpy as np
 
 from MultimodalRegistrationLib.errors import CheckpointError, InputError
 from MultimodalRegistrationLib.progress import ProgressFn, report
+from MultimodalRegistrationLib.threads import set_threads
 from MultimodalRegistrationLib.translate import DEFAULT_CHECKPOINT_NAME, hardware_description, save_checkpoint
 
 STATE_FILE = "state.pt"
@@ -386,7 +387,7 @@ def run_cli(args) -> int:
     from .synth import build_dataset, load_dataset, load_unpaired
     from MultimodalRegistrationLib.translate import NORMALISATION, _resolve_device, default_checkpoint_path
 
-    torch.set_num_threads(max(1, args.threads))
+    set_threads(max(1, args.threads))
     paths = [Path(d) for d in args.data]
     if args.build_data and len(paths) == 1 and not paths[0].exists():
         build_dataset(paths[0])
