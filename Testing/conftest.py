@@ -79,14 +79,14 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def brats_source():
-    from MultimodalRegistrationLib import simulate
+    from MultimodalRegistrationLab import simulate
     return simulate.load_brats_source("BraTSorch-case", DATA)
 
 
 @pytest.fixture(scope="session")
 def fast_case(brats_source):
     """A small simulated case (1 mm in-plane) with labels and known ground truth."""
-    from MultimodalRegistrationLib import simulate
+    from MultimodalRegistrationLab import simulate
     return simulate.simulate_case(brats_source, seed=3, params="fast")
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MultimodalRegistrationLib import metrics, simulate
+from MultimodalRegistrationLib import metrics
 from MultimodalRegistrationLib.baselines import make_isotropic, sitk_to_volume, volume_to_sitk
 from MultimodalRegistrationLib.volume import Volume
+from MultimodalRegistrationLab import simulate
 
 
 def _oblique_volume():

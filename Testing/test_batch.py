@@ -558,7 +558,7 @@ def _need_pipeline():
 @pytest.fixture(scope="module")
 def sim_folder(tmp_path_factory, brats_source):
     _need_pipeline()
-    from MultimodalRegistrationLib import simulate
+    from MultimodalRegistrationLab import simulate
     d = tmp_path_factory.mktemp("sim")
     for seed in (1, 2):
         simulate.save_case(simulate.simulate_case(brats_source, seed=seed, params="fast"), d / f"case{seed}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MultimodalRegistrationLib import synth
+from MultimodalRegistrationLab import synth
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_rendered_contrasts_follow_spin_echo_physics(rendered):
     assert m(t2, csf) > m(t2, gm) > m(t2, wm)
     assert 400 <= desc["TR_T1"] <= 700 and 2500 <= desc["TR_T2"] <= 6000
     # the head outside the brain is rendered (scalp fat bright on T1) when the MNI head is available
-    if (synth.data_root() / "real" / "MNI152_T1_2mm.nii.gz").exists():
+    if (synth.default_data_root() / "real" / "MNI152_T1_2mm.nii.gz").exists():
         fat = t["fat"] > 0.8
         assert fat.sum() > 1000 and m(cet1, fat) > m(cet1, gm)
 
@@ -38,7 +38,7 @@ def test_skull_strip_keeps_the_brain_and_removes_the_rest(rendered):
     outer = ~ndi_dilate(t["icv"])
     assert np.allclose(a[inner], cet1[inner], rtol=0.02) and np.allclose(b[inner], t2[inner], rtol=0.02)
     assert float(np.abs(a[outer]).max()) < 0.01 * float(cet1.max()) and float(np.abs(b[outer]).max()) < 0.01 * float(t2.max())
-    if (synth.data_root() / "real" / "MNI152_T1_2mm.nii.gz").exists():
+    if (synth.default_data_root() / "real" / "MNI152_T1_2mm.nii.gz").exists():
         assert float(cet1[outer].max()) > 0.1 * float(cet1.max())      # there was a scalp to remove
 
 

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from MultimodalRegistrationLib import cli, geometry, metrics, simulate
+from MultimodalRegistrationLib import cli, geometry, metrics
 from MultimodalRegistrationLib.contract import OUTPUT_FILES, TRANSFORM_REQUIRED_KEYS, check_transform
 from MultimodalRegistrationLib.volume import load_volume
+from MultimodalRegistrationLab import simulate
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,15 @@ def registered(case_dir, tmp_path_factory):
                    "--translator", "none", "--method", "ours", "--out", str(out), "--progress", "json"])
     assert rc == 0
     return out
+
+
+def test_saved_case_round_trip(case_dir, fast_case):
+    """``simulate.save_case`` writes volumes and a ground truth that read back as the case."""
+    truth = json.loads((case_dir / "ground_truth.json").read_text())
+    assert np.allclose(truth["moving_to_fixed_ras"], fast_case.moving_to_fixed)
+    back = load_volume(case_dir / simulate.CASE_FILES["coronal_cet1"])
+    assert np.allclose(back.affine, fast_case.coronal_cet1.affine, atol=1e-5)
+    assert load_volume(case_dir / simulate.CASE_FILES["axial_t2"]).shape == fast_case.axial_t2.shape
 
 
 def test_output_contract(registered, case_dir):
@@ -86,3 +96,46 @@ def test_label_grid_mismatch_is_refused(tmp_path, case_dir, capsys):
                    "--out", str(out), "--translator", "none"])
     assert rc == 2 and "grid" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_one_progress_option_for_every_command(capsys):
+    """register, demo, convert, batch and evaluate-gan declare --progress with the one helper of
+    progress.py, and turn it into a callback with progress_from_args (batch with its own renderers)."""
+    import argparse
+
+    from MultimodalRegistrationLib import batch, progress
+
+    parser = cli.build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for name in ("register", "demo", "convert", "batch", "evaluate-gan"):
+        action = next(a for a in subs[name]._actions if a.dest == "progress")
+        assert tuple(action.choices) == progress.PROGRESS_MODES and action.default == "auto", name
+    ns = argparse.Namespace
+    assert progress.progress_from_args(ns(progress="none")) is None
+    assert progress.progress_from_args(ns(progress="auto")) is None  # stderr is not a terminal under pytest
+    emit = progress.progress_from_args(ns(progress="json"))
+    emit("translate", 1, 2)
+    assert json.loads(capsys.readouterr().err) == {"stage": "translate", "done": 1, "total": 2}
+    emit = progress.progress_from_args(ns(progress="json"), json_renderer=batch.json_events, bar_renderer=batch.bar_events)
+    emit({"stage": "batch", "done": 0, "total": 1})
+    assert json.loads(capsys.readouterr().err) == {"stage": "batch", "done": 0, "total": 1}
+
+
+def test_one_thread_setting():
+    """batch (cases and workers), training and the lab's benchmarks set threads through threads.py only
+    (the registration engine's own per-call settings are its business)."""
+    from pathlib import Path
+
+    import torch
+
+    from MultimodalRegistrationLib import threads
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.set_threads(1) == before and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    lib = Path(cli.__file__).parent
+    files = [*lib.glob("batch/*.py"), lib / "cli.py", lib / "pipeline.py", *Path(simulate.__file__).parent.glob("*.py")]
+    setters = [p.name for p in files if "set_num_threads(" in p.read_text() or "SetGlobalDefaultNumberOfThreads(" in p.read_text()]
+    assert setters == [], setters

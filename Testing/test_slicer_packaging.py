@@ -242,10 +242,20 @@ def test_module_imports_only_existing_names():
 
 def test_module_does_not_register_in_process():
     """From the core, the module and its Slicer-side package import only the contract (standard
-    library); the core runs as `PythonSlicer -m ...cli`."""
+    library) and, for the self-test's TRE/Dice, ``metrics`` (numpy and geometry; inside functions only,
+    see test_contract_and_slicer_free_helpers_need_only_the_standard_library); the core runs as
+    `PythonSlicer -m ...cli`."""
     for path in [MODULE_PY] + _slicer_lib_files():
         subs = {sub for sub, _ in _core_imports(ast.parse(path.read_text(encoding="utf-8")))}
-        assert subs <= {"contract"}, f"{path.name} imports core modules {subs - {'contract'}}"
+        assert subs <= {"contract", "metrics"}, f"{path.name} imports core modules {subs - {'contract', 'metrics'}}"
+    metrics_imports = set()
+    for node in ast.parse((LIB_DIR / "metrics.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            metrics_imports |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            metrics_imports.add("." * node.level + (node.module or ".".join(a.name for a in node.names)))
+    assert metrics_imports <= set(sys.stdlib_module_names) | {"numpy", ".geometry", "__future__"}, \
+        f"metrics.py (run in Slicer's process by the self-test) imports {sorted(metrics_imports)}"
     from MultimodalRegistrationSlicerLib import command
 
     assert command.CLI_MODULE == "MultimodalRegistrationLib.cli"
@@ -285,6 +295,9 @@ def test_contract_and_slicer_free_helpers_need_only_the_standard_library():
                     if isinstance(sub, ast.ImportFrom) and sub.module:
                         top.add(sub.module.split(".")[0])
         allowed = stdlib | {"MultimodalRegistrationLib"}
+        core_top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("MultimodalRegistrationLib")}
+        assert core_top <= {"MultimodalRegistrationLib.contract"}, f"{path.name} imports {sorted(core_top)} at module level"
         if path.name in slicer_side:
             allowed |= {"slicer", "vtk"}
         else:
@@ -620,8 +633,6 @@ def test_requirements_are_pinned_and_cover_the_core_imports():
     import_to_dist = {"SimpleITK": "simpleitk", "PIL": "matplotlib", "skimage": "scikit-image", "yaml": "pyyaml"}
     provided_elsewhere = {"torch", "PyTorchUtils", "slicer", "vtk", "qt", "ctk", "psutil", "pytest", "hypothesis",
                           "PySide6", "elastix", "itk", "ants", "packaging",
-                          "picsl_greedy",  # benchmark-only anchor (evaluate_real.py), like elastix/ANTs
-                          "nilearn",  # nilearn: only to rebuild the bundled sample (sample.py), not for `register`
                           "dask", "distributed"}  # only `mmreg batch --executor dask` (the `cluster` extra)
     uncovered = sorted(n for n in _third_party_imports()
                        if n not in provided_elsewhere and import_to_dist.get(n, n).lower() not in names)

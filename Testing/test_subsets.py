@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MultimodalRegistrationLib import simulate
 from MultimodalRegistrationLib.errors import RegistrationError
 from MultimodalRegistrationLib.subsets import (axis_correspondence, enumerate_subsets, interpolate_slice_axis,
                                                plan_for)
 from MultimodalRegistrationLib.volume import Volume, slice_axis
+from MultimodalRegistrationLab import simulate
 
 
 def _coronal(shape=(20, 30, 6), sp=(1.0, 1.0, 4.0)):

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from MultimodalRegistrationLib import translate  # noqa: E402
 from MultimodalRegistrationLib.errors import CheckpointError  # noqa: E402
 from MultimodalRegistrationLib.nicegan import NiceGanConfig  # noqa: E402
-from MultimodalRegistrationLib.train import Trainer  # noqa: E402
+from MultimodalRegistrationLab.train import Trainer  # noqa: E402
 
 TINY = NiceGanConfig(ch=8, n_res=1, img_size=32)
 
@@ -115,7 +115,7 @@ def _write_set(path, A, B, tag, recipe):
 
 
 def test_several_training_sets_are_concatenated(tmp_path):
-    from MultimodalRegistrationLib.train import load_training_sets
+    from MultimodalRegistrationLab.train import load_training_sets
     A1, B1 = _pairs(3, seed=1)
     A2, B2 = _pairs(5, seed=2)
     _write_set(tmp_path / "a.npz", A1, B1, "brats", {"seed": 1})
@@ -132,7 +132,7 @@ def test_several_training_sets_are_concatenated(tmp_path):
 
 def test_training_sets_must_exist_and_agree_in_size(tmp_path):
     from MultimodalRegistrationLib.errors import InputError
-    from MultimodalRegistrationLib.train import load_training_sets
+    from MultimodalRegistrationLab.train import load_training_sets
     A1, B1 = _pairs(2, size=32)
     A2, B2 = _pairs(2, size=48)
     _write_set(tmp_path / "a.npz", A1, B1, "x", {})
@@ -144,7 +144,7 @@ def test_training_sets_must_exist_and_agree_in_size(tmp_path):
 
 
 def test_train_cli_on_two_sets_with_validation(tmp_path, capsys):
-    from MultimodalRegistrationLib.train import main
+    from MultimodalRegistrationLab.train import main
     A1, B1 = _pairs(3, seed=1)
     A2, B2 = _pairs(3, seed=2)
     _write_set(tmp_path / "a.npz", A1, B1, "brats", {"seed": 1})

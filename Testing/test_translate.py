@@ -172,7 +172,7 @@ def test_bundled_gan_beats_unconverted_on_rendered_pair():
     path = translate.default_checkpoint_path()
     if not path.exists():
         pytest.skip(f"no bundled checkpoint at {path} yet")
-    from MultimodalRegistrationLib import synth
+    from MultimodalRegistrationLab import synth
     rng = np.random.default_rng(987654)
     a, b, aff, _ = synth.render_mni_pair(rng, synth.mni_tissues(step=2))  # 2 mm grid: fast
     tr = translate.load_translator("default", "cpu")
@@ -203,7 +203,7 @@ def test_head_mask_keeps_dark_interior_and_zeroes_air(tiny_ckpt):
 def test_gan_evaluation_metrics_behave():
     """evaluate-gan's per-slice metrics: identity gives the ideal values, an inverted contrast gives
     NCC -1 in the head, noise lowers PSNR/SSIM, an empty slice gives nan (left out of the stats)."""
-    from MultimodalRegistrationLib.evaluate_gan import head_ncc, mse255, psnr255, ssim255, stats
+    from MultimodalRegistrationLab.evaluate_gan import head_ncc, mse255, psnr255, ssim255, stats
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
@@ -223,7 +223,7 @@ def test_gan_evaluation_metrics_behave():
 
 def test_evaluate_gan_rejects_a_malformed_render_case(tmp_path):
     from MultimodalRegistrationLib.errors import InputError
-    from MultimodalRegistrationLib.evaluate_gan import evaluate
+    from MultimodalRegistrationLab.evaluate_gan import evaluate
     from MultimodalRegistrationLib.translate import load_translator
 
     tr = load_translator("default", device="cpu")
@@ -304,7 +304,7 @@ def test_old_sidecar_keeps_percentile_new_sidecar_uses_tissue_peak(tiny_ckpt, tm
 
 def test_csf_check_metric():
     """CSF/GM/WM from the true ceT1 (k-means) and T2; a T2-like synthetic passes, a T1-like one fails."""
-    from MultimodalRegistrationLib.evaluate_gan import csf_check, tissue_classes
+    from MultimodalRegistrationLab.evaluate_gan import csf_check, tissue_classes
 
     rng = np.random.default_rng(1)
     lab = rng.integers(0, 3, (40, 40, 10))                       # 0 CSF, 1 GM, 2 WM

@@ -4,10 +4,11 @@ import numpy as np
 import nibabel as nib
 import pytest
 
-from MultimodalRegistrationLib import geometry, metrics, simulate
+from MultimodalRegistrationLib import geometry, metrics
 from MultimodalRegistrationLib.errors import InputError
 from MultimodalRegistrationLib.volume import (Volume, load_volume, plane, save_volume, slice_axis,
                                               check_labels_match)
+from MultimodalRegistrationLab import simulate
 
 
 def _affine(sp=(0.5, 0.5, 3.0)):

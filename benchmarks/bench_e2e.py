@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed0", type=int, default=30000)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    from MultimodalRegistrationLib import metrics, simulate
+    from MultimodalRegistrationLib import metrics
+    from MultimodalRegistrationLab import simulate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
 
     import torch
     torch.set_num_threads(args.threads)
-    from MultimodalRegistrationLib import metrics, simulate
+    from MultimodalRegistrationLib import metrics
+    from MultimodalRegistrationLab import simulate
     from MultimodalRegistrationLib.pipeline import Params, run_case
 
     out = Path(args.out)

@@ -19,10 +19,10 @@ def coronal_stack(n_slices: int, inplane: int):
     import nibabel as nib
     from scipy import ndimage as ndi
 
-    from MultimodalRegistrationLib.synth import _nilearn_data
+    from MultimodalRegistrationLab.synth import nilearn_data_dir
     from MultimodalRegistrationLib.volume import Volume
 
-    img = nib.load(str(_nilearn_data() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    img = nib.load(str(nilearn_data_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
     t1 = np.asarray(img.dataobj, dtype=np.float32)
     js = np.linspace(60, 170, n_slices).astype(int)           # coronal planes (axis 1 = A)
     sl = t1[:, js, :]                                          # (R, n, S)

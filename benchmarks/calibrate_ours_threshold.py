@@ -25,7 +25,8 @@ def main() -> int:
     a = ap.parse_args()
     import torch
     torch.set_num_threads(a.threads)
-    from MultimodalRegistrationLib import metrics, simulate
+    from MultimodalRegistrationLib import metrics
+    from MultimodalRegistrationLab import simulate
     from MultimodalRegistrationLib import register as R
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ export OMP_NUM_THREADS=1 PYTHONPATH=${PYTHONPATH:-MultimodalRegistration}
 #    randomisation 0.25, half brain-only, tissue-peak normalisation. (Its --unpaired-cet1 part was
 #    built before synth resampled anisotropic volumes to 1 mm; those distorted slices are not used:
 #    the trainer reads A_unpaired from step 3's file only, see below.)
-python3 -m MultimodalRegistrationLib.synth --out "$D/train128_v4_tissuepeak.npz" --n-synth 16 \
+python3 -m MultimodalRegistrationLab.synth --out "$D/train128_v4_tissuepeak.npz" --n-synth 16 \
     --slices-per-synth 40 --slices-per-real 160 --seed 4 --strip-fraction 0.5 --normalisation tissue-peak \
     --contrast-jitter 0.25 --unpaired-cet1 ../shared/data/tcia_vs/VS-SEG-001_t1c_mprage.nii.gz --slices-per-unpaired 300
 # 2. drop the 24 slices whose T2 is empty (noise-only slices outside the head of full-head renders,
@@ -27,6 +27,6 @@ np.savez_compressed(f"{d}/train128_v4b_tissuepeak.npz", A=A[keep], B=B[keep], so
 print(int(keep.sum()), "pairs kept,", int((~keep).sum()), "dropped")
 PY
 # 3. 400 unpaired real ceT1 slices with skull from tcia_vs (resampled to 1 mm first)
-python3 -m MultimodalRegistrationLib.synth --out "$D/unpaired128_tcia_vs.npz" --n-synth 0 --real-cases \
+python3 -m MultimodalRegistrationLab.synth --out "$D/unpaired128_tcia_vs.npz" --n-synth 0 --real-cases \
     --seed 5 --normalisation tissue-peak --unpaired-cet1 ../shared/data/tcia_vs/VS-SEG-001_t1c_mprage.nii.gz \
     --slices-per-unpaired 400

@@ -12,7 +12,7 @@
 Training data: a ``synth`` .npz built on the CPU machine and carried along (the device has no
 ../shared/data), e.g. for 256 px:
 
-    OMP_NUM_THREADS=1 PYTHONPATH=MultimodalRegistration python3 -m MultimodalRegistrationLib.synth \\
+    OMP_NUM_THREADS=1 PYTHONPATH=MultimodalRegistration python3 -m MultimodalRegistrationLab.synth \\
         --out gan_data/train256_v4_tissuepeak.npz --size 256 --n-synth 16 --slices-per-synth 40 \\
         --slices-per-real 160 --seed 4 --normalisation tissue-peak --contrast-jitter 0.25 \\
         --unpaired-cet1 ../shared/data/tcia_vs/VS-SEG-001_t1c_mprage.nii.gz --slices-per-unpaired 300
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     import torch
 
     from MultimodalRegistrationLib.nicegan import NiceGanConfig
-    from MultimodalRegistrationLib.synth import load_unpaired
-    from MultimodalRegistrationLib.train import Trainer, load_training_sets
+    from MultimodalRegistrationLab.synth import load_unpaired
+    from MultimodalRegistrationLab.train import Trainer, load_training_sets
     from MultimodalRegistrationLib.translate import NORMALISATION
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"

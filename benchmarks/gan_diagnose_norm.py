@@ -22,14 +22,14 @@ import nibabel as nib
 import numpy as np
 
 from MultimodalRegistrationLib import translate as T
-from MultimodalRegistrationLib.synth import data_root
+from MultimodalRegistrationLab.simulate import default_data_root
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    root = data_root() / "brats" / "TCGA-FG-6692_native"
+    root = default_data_root() / "brats" / "TCGA-FG-6692_native"
     res = {"command": "OMP_NUM_THREADS=1 PYTHONPATH=MultimodalRegistration python3 " + " ".join(sys.argv),
            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
            "threads": os.environ.get("OMP_NUM_THREADS"), "machine": platform.machine(),

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import torch
 
-from MultimodalRegistrationLib.synth import data_root
+from MultimodalRegistrationLab.simulate import default_data_root
 from MultimodalRegistrationLib.translate import load_translator, normalise01
 from MultimodalRegistrationLib.volume import load_volume
 
@@ -30,7 +30,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vol = load_volume(data_root() / "tcia_vs" / "VS-SEG-001_t1c_mprage.nii.gz")
+    vol = load_volume(default_data_root() / "tcia_vs" / "VS-SEG-001_t1c_mprage.nii.gz")
     labels = a.labels or a.checkpoints
     outs = []
     for ck in a.checkpoints:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from MultimodalRegistrationLib.evaluate_gan import evaluate
+from MultimodalRegistrationLab.evaluate_gan import evaluate
 from MultimodalRegistrationLib.translate import load_translator
 
 HELD_OUT = ("TCGA-DU-7294", "stroke")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The registration benchmark exactly as run for docs/REGISTRATION.md and the README (2 CPU cores).
 # Requires: pip install itk-elastix antspyx  (benchmark only) and ../shared/data.
-# `python -m MultimodalRegistrationLib.evaluate ARGS` == `mmreg evaluate ARGS`.
+# `python -m MultimodalRegistrationLab.evaluate ARGS` == `mmreg evaluate ARGS`.
 # Defaults: 50 cases, preset "bench", every 2nd case with header offsets up to 15 deg / 30 mm, seeds 1000+i.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=MultimodalRegistration OMP_NUM_THREADS=1
 OUT=${OUT:-/work/bench_runs}
-EV="python -m MultimodalRegistrationLib.evaluate"
+EV="python -m MultimodalRegistrationLab.evaluate"
 
 # 1. Speed and accuracy head-to-head in ONE run: ours and elastix alternate case by case in one
 #    process, one thread each, on the same 50 cases (the timing comparison of the README).

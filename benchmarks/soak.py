@@ -38,7 +38,7 @@ def _simulate_one(args):
     i, folder, preset = args
     import warnings
     warnings.simplefilter("ignore")
-    from MultimodalRegistrationLib import simulate
+    from MultimodalRegistrationLab import simulate
     name = SOURCES[i % len(SOURCES)]
     if name not in _SRC:
         _SRC[name] = simulate.load_brats_source(name)

@@ -94,7 +94,8 @@ def real_golden() -> dict:
     """The registration engines (no pipeline) on two real ceT1/T2 suite cases."""
     one_thread()
     from dataclasses import replace
-    from MultimodalRegistrationLib import evaluate_real, metrics, simulate
+    from MultimodalRegistrationLib import metrics
+    from MultimodalRegistrationLab import evaluate_real, simulate
     from MultimodalRegistrationLib.register import register
     from MultimodalRegistrationLib.translate import load_translator
 

@@ -1,6 +1,7 @@
 """``mmreg``: the command line of MultimodalRegistration.
 
-Subcommands: register, batch, convert, train, evaluate, evaluate-gan, simulate, demo.
+Subcommands: register, batch, convert, demo (the product); train, simulate, evaluate, evaluate-real,
+evaluate-gan (the team's, from ``MultimodalRegistrationLab``: a source checkout only, not the Slicer extension).
 Errors meant for users print one line on stderr and exit with code 2; ``--debug`` shows tracebacks.
 """
 from __future__ import annotations
@@ -10,34 +11,29 @@ import importlib
 import json
 import sys
 import warnings
-from pathlib import Path
 
 from . import __version__
-from .errors import MMRegError
+from .errors import InputError, MMRegError
+from .progress import add_progress_argument, progress_from_args
 
-# subcommand -> (module providing add_arguments/run_cli, help)
+#: The team's package (training, simulation, benchmarks): installed by ``pip install -e .`` from a source
+#: checkout, absent from the Slicer extension. The product never imports it; only these subcommands do.
+LAB_PACKAGE = "MultimodalRegistrationLab"
+
+# subcommand -> (package, module providing add_arguments/run_cli, help)
 DELEGATED = {
-    "batch": ("batch", "register every case of a manifest CSV or folder, resumably, with a summary.csv"),
-    "convert": ("translate", "convert a stack ceT1<->T2 slice by slice with the NICE-GAN"),
-    "train": ("train", "train the NICE-GAN translator (resumable)"),
-    "evaluate": ("evaluate", "registration benchmark on simulated cases with known ground truth"),
-    "evaluate-real": ("evaluate_real", "registration on real contrasts: real ceT1/T1 stacks vs T2, exact truth"),
-    "evaluate-gan": ("evaluate_gan", "GAN conversion quality on held-out slices (paper Table 1)"),
+    "batch": (__package__, "batch", "register every case of a manifest CSV or folder, resumably, with a summary.csv"),
+    "convert": (__package__, "translate", "convert a stack ceT1<->T2 slice by slice with the NICE-GAN"),
+    "train": (LAB_PACKAGE, "train", "(developer) train the NICE-GAN translator (resumable)"),
+    "simulate": (LAB_PACKAGE, "simulate",
+                 "(developer) make a simulated thick-slice case with known ground truth"),
+    "evaluate": (LAB_PACKAGE, "evaluate",
+                 "(developer) registration benchmark on simulated cases with known ground truth"),
+    "evaluate-real": (LAB_PACKAGE, "evaluate_real",
+                      "(developer) registration on real contrasts: real ceT1/T1 stacks vs T2, exact truth"),
+    "evaluate-gan": (LAB_PACKAGE, "evaluate_gan",
+                     "(developer) GAN conversion quality on held-out slices (paper Table 1)"),
 }
-
-
-def make_progress(mode: str):
-    from .progress import bar_progress, json_progress
-
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    return {"json": json_progress(), "bar": bar_progress(), "none": None}[mode]
-
-
-def add_progress_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
-                   help="progress on stderr: JSON lines (for the Slicer module), a bar, or nothing "
-                        "(default: a bar on a terminal, nothing otherwise)")
 
 
 def add_register_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,32 +96,10 @@ def cmd_register(args) -> int:
 
     t = run_case(args.coronal, args.axial, args.out, coronal_labels=args.coronal_labels,
                  axial_labels=args.axial_labels, params=params_from_args(args),
-                 progress=make_progress(args.progress))
+                 progress=progress_from_args(args))
     status = "success" if t["success"] else "FLAGGED UNSUCCESSFUL (check report.png)"
     print(f"{t['method']}: metric {t['metric']:.6g}, {status}, {t['seconds']:.1f} s, translator {t['translator']}"
           f" -> {args.out}")
-    return 0
-
-
-def cmd_simulate(args) -> int:
-    from . import simulate
-    from .volume import load_volume
-
-    if args.source:
-        src = simulate.load_brats_source(args.source)
-    else:
-        if not (args.cet1 and args.t2):
-            raise MMRegError("give --source NAME, or --cet1 and --t2 (co-registered isotropic volumes)")
-        src = simulate.SourceCase(name=Path(args.cet1).name, cet1=load_volume(args.cet1), t2=load_volume(args.t2),
-                                  labels=load_volume(args.labels, labels=True) if args.labels else None)
-    params = simulate.PRESETS[args.preset]
-    if args.header_rot is not None:
-        params.header_rot_deg = args.header_rot
-    if args.header_shift is not None:
-        params.header_shift_mm = args.header_shift
-    case = simulate.simulate_case(src, seed=args.seed, params=params)
-    simulate.save_case(case, args.out)
-    print(f"simulated case (seed {args.seed}, preset {args.preset}) -> {args.out}")
     return 0
 
 
@@ -133,7 +107,7 @@ def cmd_demo(args) -> int:
     from . import sample
 
     return sample.run_demo(args.out, method=args.method, translator=args.translator,
-                           progress=make_progress(args.progress))
+                           progress=progress_from_args(args))
 
 
 def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
@@ -149,18 +123,6 @@ def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
     add_register_arguments(p)
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("simulate", help="make a simulated thick-slice case with known ground truth")
-    p.add_argument("--source", help="a BraTS case name from ../shared/data (see simulate.BRATS_CASES)")
-    p.add_argument("--cet1", help="isotropic ceT1 volume (instead of --source)")
-    p.add_argument("--t2", help="isotropic T2 volume co-registered with --cet1")
-    p.add_argument("--labels", help="labels on the --cet1 grid")
-    p.add_argument("--preset", choices=("paper", "fast", "bench"), default="paper")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--header-rot", type=float, help="max rotation (deg) of the header offset")
-    p.add_argument("--header-shift", type=float, help="max translation (mm) of the header offset")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_simulate)
-
     p = sub.add_parser("demo", help="run the pipeline on the bundled sample case and check it against its ground truth")
     p.add_argument("--out", default="mmreg_demo", help="output folder (default: ./mmreg_demo)")
     p.add_argument("--method", choices=("search-cr", "search-ncc", "ours", "paper", "mi"), default="search-cr")
@@ -168,14 +130,18 @@ def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
     add_progress_argument(p)
     p.set_defaults(func=cmd_demo)
 
-    for name, (module, help_text) in DELEGATED.items():
+    for name, (package, module, help_text) in DELEGATED.items():
         p = sub.add_parser(name, help=help_text)
         if only != "*" and name != only:
             continue
         try:
-            mod = importlib.import_module(f"{__package__}.{module}")
+            mod = importlib.import_module(f"{package}.{module}")
         except ImportError as exc:
-            p.set_defaults(func=_unavailable(name, exc))
+            if package == LAB_PACKAGE and (exc.name or "").split(".")[0] == LAB_PACKAGE:
+                # the whole lab package is absent (the Slicer extension ships the product only)
+                p.set_defaults(func=_developer_only(name), lab_missing=True)  # its options are not known here
+            else:
+                p.set_defaults(func=_unavailable(name, exc))
             continue
         mod.add_arguments(p)
         p.set_defaults(func=mod.run_cli)
@@ -188,6 +154,14 @@ def _unavailable(name, exc):
     return run
 
 
+def _developer_only(name):
+    def run(_args):
+        raise InputError(f"'mmreg {name}' is a developer command of {LAB_PACKAGE}, which is not installed here "
+                         f"(the Slicer extension ships only register, batch, convert and demo); get it from a "
+                         f"source checkout: pip install -e . in the MultimodalRegistration repository")
+    return run
+
+
 def _requested_command(argv) -> str | None:
     for tok in (sys.argv[1:] if argv is None else list(argv)):
         if not str(tok).startswith("-"):
@@ -197,7 +171,9 @@ def _requested_command(argv) -> str | None:
 
 def main(argv=None) -> int:
     parser = build_parser(only=_requested_command(argv))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "lab_missing", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.debug:
         warnings.simplefilter("default")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"

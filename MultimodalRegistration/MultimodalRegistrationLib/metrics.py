@@ -1,10 +1,21 @@
-"""Accuracy measures in physical units: target registration error (mm) and Dice."""
+"""Accuracy measures in physical units: target registration error (mm) and Dice.
+
+The one implementation of TRE and Dice: the benchmarks, ``mmreg demo`` and the Slicer module's self-test
+(``MultimodalRegistrationSlicerLib.results`` imports this file inside its functions, so the panel still
+loads before the core's dependencies are installed) all call it. Because the self-test runs it in
+Slicer's own Python, it stays Python 3.9 (``.ci/check_py39.sh`` covers the whole core) and needs only
+numpy and :mod:`geometry` at import.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import geometry
-from .volume import Volume
+
+if TYPE_CHECKING:  # annotations only: volume's NIfTI I/O is not needed to score a result
+    from .volume import Volume
 
 
 def overlap_points(moving: Volume, fixed: Volume, moving_to_fixed_true: np.ndarray,
@@ -30,11 +41,20 @@ def overlap_points(moving: Volume, fixed: Volume, moving_to_fixed_true: np.ndarr
     return pts
 
 
-def tre(moving_to_fixed_est: np.ndarray, moving_to_fixed_true: np.ndarray, points: np.ndarray) -> dict:
+def point_errors(moving_to_fixed_est, moving_to_fixed_true, points) -> np.ndarray:
+    """Distance (mm) between where the estimated and the true 4x4 moving->fixed maps carry each of the
+    moving-world ``points`` (N, 3); matrices and points may be nested lists."""
+    est = np.asarray(moving_to_fixed_est, dtype=np.float64)
+    true = np.asarray(moving_to_fixed_true, dtype=np.float64)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return np.linalg.norm(geometry.apply(est, pts) - geometry.apply(true, pts), axis=1)
+
+
+def tre(moving_to_fixed_est, moving_to_fixed_true, points) -> dict:
     """Target registration error over ``points`` (moving world): mean, median, p95, max in mm."""
     if len(points) == 0:
         return {"mean": float("nan"), "median": float("nan"), "p95": float("nan"), "max": float("nan"), "n": 0}
-    d = np.linalg.norm(geometry.apply(moving_to_fixed_est, points) - geometry.apply(moving_to_fixed_true, points), axis=1)
+    d = point_errors(moving_to_fixed_est, moving_to_fixed_true, points)
     return {"mean": float(d.mean()), "median": float(np.median(d)), "p95": float(np.percentile(d, 95)),
             "max": float(d.max()), "n": int(len(d))}
 
@@ -49,10 +69,16 @@ def transform_error(moving_to_fixed_est: np.ndarray, moving_to_fixed_true: np.nd
     return rot, trans
 
 
-def dice(a: np.ndarray, b: np.ndarray, labels=None, mask: np.ndarray | None = None) -> dict[int, float]:
-    """Dice per non-zero label of ``a`` and ``b`` (optionally restricted to ``mask``)."""
+def dice(a, b, labels=None, mask: np.ndarray | None = None) -> dict[int, float]:
+    """Dice per non-zero label of two label arrays on the same grid (optionally restricted to ``mask``).
+
+    ``labels`` default to every non-zero label of either array; a label present in only one scores 0,
+    a label in neither (only possible when ``labels`` are given) NaN.
+    """
     a = np.asarray(a)
     b = np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"label arrays differ in shape: {a.shape} vs {b.shape}")
     if mask is not None:
         a = a[mask]
         b = b[mask]

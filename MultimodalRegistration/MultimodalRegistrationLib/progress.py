@@ -3,9 +3,13 @@
 A progress callback is ``progress(stage, done, total)``. ``json_progress`` writes one JSON line per
 call on stderr (``{"stage": "translate", "done": 7, "total": 18}``), which the Slicer module reads
 from its child process; ``bar_progress`` draws a terminal bar with tqdm (one bar per stage).
+
+Every command with a ``--progress`` option (``register``, ``demo``, ``convert``, ``batch``, ``evaluate-gan``)
+declares it with :func:`add_progress_argument` and turns it into a callback with :func:`progress_from_args`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Callable, Optional, TextIO
@@ -51,3 +55,23 @@ def bar_progress(stream: TextIO | None = None) -> ProgressFn:
             state["stage"] = None
 
     return _draw
+
+
+PROGRESS_MODES = ("auto", "json", "bar", "none")
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--progress {auto,json,bar,none}``, the same for every command."""
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                        help="progress on stderr: JSON lines (for the Slicer module), a bar, or nothing "
+                             "(default: a bar on a terminal, nothing otherwise)")
+
+
+def progress_from_args(args, json_renderer: Callable = json_progress, bar_renderer: Callable = bar_progress):
+    """The callback for ``args.progress``: ``json_renderer()``, ``bar_renderer()`` or None (``none``, or
+    ``auto`` when stderr is not a terminal). ``mmreg batch`` passes its own renderers (batch events)."""
+    mode = getattr(args, "progress", None) or "auto"
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    renderer = {"json": json_renderer, "bar": bar_renderer}.get(mode)
+    return None if renderer is None else renderer()

@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import CheckpointError, InputError
-from .progress import ProgressFn, report
+from .progress import ProgressFn, add_progress_argument, progress_from_args, report
 from .volume import Volume, atomic_write, load_volume, save_volume, slice_axis
 
 DIRECTIONS = ("ceT1-to-T2", "T2-to-ceT1")
@@ -373,9 +373,6 @@ def save_checkpoint(model, path: os.PathLike, training: dict, normalisation: Opt
     return path
 
 
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
-
-
 def load_checkpoint(path: os.PathLike, device: str = "cpu"):
     """-> (InferenceModel on ``device`` in eval mode, sidecar dict). Raises CheckpointError."""
     from .nicegan import InferenceModel, NiceGanConfig
@@ -452,22 +449,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=8)
     add_progress_argument(parser)
-
-
-def add_progress_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
-                        help="progress on stderr: JSON lines, a bar, or nothing (default: a bar on a terminal)")
-
-
-def progress_from_args(args) -> Optional[ProgressFn]:
-    import sys
-
-    from .progress import bar_progress, json_progress
-
-    mode = getattr(args, "progress", "auto") or "auto"
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    return {"json": json_progress, "bar": bar_progress}.get(mode, lambda: None)()
 
 
 def run_cli(args) -> int:

@@ -1,7 +1,9 @@
 """Checks and summaries of a finished run's outputs, and the self-test's metrics (Slicer-free;
 numpy imported lazily).
 
-``transform.json`` itself is read and validated by :mod:`MultimodalRegistrationLib.contract`.
+``transform.json`` itself is read and validated by :mod:`MultimodalRegistrationLib.contract`. TRE and Dice
+are the core's (:mod:`MultimodalRegistrationLib.metrics`, imported inside the functions: the panel loads
+before the core's dependencies are installed, and the self-test that calls them runs after).
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def completion_status(result: Mapping, seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics for the self-test (numpy imported lazily)
+# Metrics for the self-test (numpy and the core's metrics imported lazily)
 # ---------------------------------------------------------------------------------------------
 
 def box_corners_ras(ijk_to_ras, shape_ijk) -> list:
@@ -125,35 +127,18 @@ def box_corners_ras(ijk_to_ras, shape_ijk) -> list:
 
 
 def tre_mm(estimated, truth, points_ras) -> dict:
-    """Target registration error between two moving->fixed RAS matrices at the given points."""
-    import numpy as np
+    """Target registration error between two moving->fixed RAS matrices at the given points: mean, max
+    and per point, in mm (computed by the core's :func:`MultimodalRegistrationLib.metrics.point_errors`)."""
+    from MultimodalRegistrationLib.metrics import point_errors
 
-    est = np.asarray(estimated, dtype=float)
-    tru = np.asarray(truth, dtype=float)
-    p = np.asarray(points_ras, dtype=float).reshape(-1, 3)
-    ph = np.c_[p, np.ones(len(p))]
-    d = np.linalg.norm((ph @ est.T)[:, :3] - (ph @ tru.T)[:, :3], axis=1)
+    d = point_errors(estimated, truth, points_ras)
     return {"mean": float(d.mean()), "max": float(d.max()), "per_point": d.tolist()}
 
 
 def dice_per_label(a, b, labels: Optional[Iterable[int]] = None) -> dict:
-    """Dice coefficient per non-zero label of two label arrays on the same grid.
+    """Dice coefficient per non-zero label of two label arrays on the same grid (the core's
+    :func:`MultimodalRegistrationLib.metrics.dice`). Labels absent from both arrays are left out; a label
+    present in only one scores 0; arrays of different shapes raise ValueError."""
+    from MultimodalRegistrationLib.metrics import dice
 
-    Labels absent from both arrays are left out; a label present in only one scores 0.
-    """
-    import numpy as np
-
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"label arrays differ in shape: {a.shape} vs {b.shape}")
-    if labels is None:
-        labels = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
-    scores = {}
-    for lab in labels:
-        ma, mb = a == lab, b == lab
-        denom = int(ma.sum()) + int(mb.sum())
-        if denom == 0:
-            continue
-        scores[int(lab)] = 2.0 * float(np.logical_and(ma, mb).sum()) / denom
-    return scores
+    return {lab: score for lab, score in dice(a, b, labels=labels).items() if not math.isnan(score)}

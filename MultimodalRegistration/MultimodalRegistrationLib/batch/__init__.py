@@ -30,13 +30,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..progress import progress_from_args
+from ..threads import set_threads
 from .layout import LOCK, LOGS, MARKER, REPORT, STAGING, SUMMARY, SUMMARY_COLUMNS, shard_summary_name
 from .manifest import (COLUMN_ALIASES, FOLDER_NAMES, REQUIRED_ROLES, ROLES, Case, ManifestError, check_cases,
                        load_cases, parse_shard, read_manifest, scan_folder, shard_cases, validate_case_id)
 from .markers import case_hash, file_sha256, finished_marker, params_dict, read_marker
 from .progress import Tracker, bar_events, json_events
 from .resources import (BASE_WORKER_BYTES, BYTES_FACTOR, available_cpus, available_memory_bytes,
-                        estimate_case_bytes, plan_jobs, set_threads)
+                        estimate_case_bytes, plan_jobs)
 from .runner import EXECUTORS, run_batch
 from .summary import CaseResult, merge_message, merge_shards, read_summary, summarize, write_summary
 from .worker import Task, run_one
@@ -103,10 +105,7 @@ def run_cli(args) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     cases = load_cases(args.input)
     params = params_from_args(args)
-    mode = args.progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    emit = {"json": json_events(), "bar": bar_events(), "none": None}[mode]
+    emit = progress_from_args(args, json_renderer=json_events, bar_renderer=bar_events)
     summary_name = shard_summary_name(*shard) if shard else SUMMARY
     try:
         results = run_batch(cases, args.out, params, jobs=args.jobs, progress=emit, force=args.force,

@@ -43,7 +43,8 @@ from typing import Callable, Optional
 from ..errors import InputError
 from .markers import finished_marker
 from .progress import Tracker
-from .resources import limit_process_threads, plan_tasks
+from ..threads import limit_process_threads
+from .resources import plan_tasks
 from .summary import CaseResult
 from .worker import Task, one_line, run_one
 

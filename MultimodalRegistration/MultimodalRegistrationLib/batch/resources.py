@@ -1,4 +1,5 @@
-"""What one machine offers: CPU cores, memory, the --jobs plan, and the per-process thread setting."""
+"""What one machine offers: CPU cores, memory, and the --jobs plan (the thread setting is
+:mod:`MultimodalRegistrationLib.threads`)."""
 from __future__ import annotations
 
 import os
@@ -11,39 +12,6 @@ from .manifest import Case
 #: plus a multiple of the float32 size of its inputs (copies, resampled volumes, the fused volume).
 BASE_WORKER_BYTES = 700 * 1024**2
 BYTES_FACTOR = 12
-
-
-def set_threads(threads: int) -> Optional[int]:
-    """Limits torch (and SimpleITK) to ``threads`` threads; returns torch's previous setting.
-
-    The thread count changes the order of floating-point reductions, hence the last bits of a
-    result: runs are bit-identical only for the same thread count (docs/BATCH.md).
-    """
-    previous = None
-    try:
-        import torch
-        previous = torch.get_num_threads()
-        torch.set_num_threads(int(threads))
-    except ImportError:
-        pass
-    try:
-        import SimpleITK as sitk
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    except Exception:
-        pass
-    return previous
-
-
-def limit_process_threads(threads: int) -> None:
-    """Thread limits for a whole worker process: OpenMP/MKL/OpenBLAS env vars, torch, SimpleITK."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    set_threads(threads)
-    try:
-        import torch
-        torch.set_num_interop_threads(1)
-    except (ImportError, RuntimeError):
-        pass
 
 
 def available_cpus() -> int:

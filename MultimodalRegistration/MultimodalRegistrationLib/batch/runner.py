@@ -11,7 +11,8 @@ from .layout import LOCK, REPORT, STAGING, SUMMARY, shard_lock_name, shard_repor
 from .manifest import Case, ManifestError, check_cases, shard_cases
 from .markers import case_hash, finished_marker, remove_tree
 from .progress import Tracker
-from .resources import plan_tasks, set_threads
+from ..threads import set_threads
+from .resources import plan_tasks
 from .summary import CaseResult, read_summary, write_batch_report, write_summary
 from .worker import Task, run_one, staging_dir
 

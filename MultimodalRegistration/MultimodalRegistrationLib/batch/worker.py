@@ -16,7 +16,7 @@ from ..volume import atomic_write
 from .layout import LOGS, MARKER, STAGING
 from .manifest import Case
 from .markers import file_sha256, finished_marker, params_dict, remove_tree
-from .resources import limit_process_threads
+from ..threads import limit_process_threads
 from .summary import CaseResult
 
 

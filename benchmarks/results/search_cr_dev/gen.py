@@ -1,6 +1,6 @@
 import sys, json, numpy as np
 from dataclasses import replace
-from MultimodalRegistrationLib import simulate, metrics
+from MultimodalRegistrationLab import simulate
 out = sys.argv[1]; n = int(sys.argv[2]); rot=float(sys.argv[3]); shift=float(sys.argv[4]); seed0=int(sys.argv[5])
 srcs = sys.argv[6].split(",")
 for si, name in enumerate(srcs):

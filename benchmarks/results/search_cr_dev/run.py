@@ -1,12 +1,13 @@
 import sys, json, time, glob, numpy as np
 import torch; torch.set_num_threads(1)
-from MultimodalRegistrationLib import simulate, metrics
+from MultimodalRegistrationLib import metrics
+from cases import load_case
 from MultimodalRegistrationLib.register import register
 cases = sorted(glob.glob(sys.argv[1] + "/*/"))
 moving_kind = sys.argv[2]; params = json.loads(sys.argv[3]); method = sys.argv[4] if len(sys.argv) > 4 else "ours"
 tres = []; times = []
 for c in cases:
-    case = simulate.load_case(c)
+    case = load_case(c)
     mov = case.coronal_cet1 if moving_kind == "ce" else case.coronal_t2
     t0 = time.perf_counter()
     r = register(mov, case.axial_t2, method, params=dict(params))

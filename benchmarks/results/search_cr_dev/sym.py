@@ -1,5 +1,6 @@
 import sys, glob, numpy as np, torch; torch.set_num_threads(1)
-from MultimodalRegistrationLib import simulate, metrics, geometry
+from MultimodalRegistrationLib import metrics, geometry
+from cases import load_case
 from MultimodalRegistrationLib.register import register
 def kabsch(P, Q):
     pc, qc = P.mean(0), Q.mean(0)
@@ -10,7 +11,7 @@ def kabsch(P, Q):
     M = np.eye(4); M[:3, :3] = R; M[:3, 3] = qc - R @ pc
     return M
 for c in sorted(glob.glob(sys.argv[1] + "/*/")):
-    case = simulate.load_case(c)
+    case = load_case(c)
     pts = metrics.overlap_points(case.coronal_t2, case.axial_t2, case.moving_to_fixed)
     r = register(case.coronal_cet1, case.axial_t2, "search-cr")
     F = r.moving_to_fixed; B = np.asarray(r.details["consistency"]["backward_fixed_to_moving_ras"])

@@ -20,7 +20,7 @@ Recipe (docs/GAN.md, "Training data"):
    this by the converter too), random in-plane flips/transpositions (stacks come in any in-plane
    orientation), each volume normalised as in ``translate.robust_range`` (per volume).
 
-``python -m MultimodalRegistrationLib.synth --out DIR`` (or ``mmreg train --build-data``)
+``python -m MultimodalRegistrationLab.synth --out DIR`` (or ``mmreg train --build-data``)
 regenerates the training set deterministically from a seed.
 """
 from __future__ import annotations
@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .translate import normalise01, to_square, volume_scale
+from MultimodalRegistrationLib.translate import normalise01, to_square, volume_scale
+
+from .simulate import default_data_root
 
 HOLDOUT_CASE = "TCGA-DU-7294"
 BRATS_CASES = ("BraTSorch-case", "BraTS-MET-00110", "TCGA-FG-6692", "TCGA-DU-7294")
@@ -59,14 +61,7 @@ TISSUES = {
 R1_GD = 4.0  # /s/mM
 
 
-def data_root() -> Path:
-    env = os.environ.get("MMREG_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def _nilearn_data() -> Path:
+def nilearn_data_dir() -> Path:
     import nilearn
 
     return Path(nilearn.__file__).parent / "datasets" / "data"
@@ -76,7 +71,7 @@ def load_brats_pair(case: str, root: Path | None = None):
     """(t1c, t2, affine) float32 arrays of a co-registered BraTS case."""
     import nibabel as nib
 
-    root = Path(root) if root else data_root()
+    root = Path(root) if root else default_data_root()
     d = root / "brats" / f"{case}_sri24"
     if case == "BraTS-MET-00110":
         d = root / "brats" / "BraTS-MET-00110-000_sri24"
@@ -92,7 +87,7 @@ def mni_tissues(step: int = 1):
     """Fractions of the base tissues on the ICBM152 2009 1 mm grid (every ``step``-th voxel), plus the affine."""
     import nibabel as nib
 
-    d = _nilearn_data()
+    d = nilearn_data_dir()
     t1img = nib.load(str(d / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
     t1 = np.asarray(t1img.dataobj, dtype=np.float32) / 255.0
     gm = np.asarray(nib.load(str(d / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")).dataobj, np.float32) / 255.0
@@ -105,7 +100,7 @@ def mni_tissues(step: int = 1):
     t1n = t1 / np.percentile(t1[t1 > 0.05], 99)
     # nilearn's template is brain-only: take the scalp, skull and face from the MNI152 T1 *with head*
     # (../shared/data/real/MNI152_T1_2mm.nii.gz), resampled onto the 1 mm grid.
-    head_file = data_root() / "real" / "MNI152_T1_2mm.nii.gz"
+    head_file = default_data_root() / "real" / "MNI152_T1_2mm.nii.gz"
     if head_file.exists():
         himg = nib.load(str(head_file))
         h = np.asarray(himg.dataobj, dtype=np.float32)
@@ -133,7 +128,7 @@ def mni_tissues(step: int = 1):
             "icv": icv, "head": head, "shell": shell}, aff
 
 
-def _smooth_noise(shape, rng, sigma, scale=None):
+def _smooth_noise(shape, rng, sigma):
     """Low-resolution Gaussian noise smoothed and upsampled (cheap large-scale random fields)."""
     f = 4
     small = rng.standard_normal(tuple(max(2, s // f) for s in shape)).astype(np.float32)
@@ -354,7 +349,7 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
     rng = np.random.default_rng(seed)
     t0 = time.time()
     A, B, src = [], [], []
-    root = Path(root) if root else data_root()
+    root = Path(root) if root else default_data_root()
     real_cases = [c for c in (BRATS_CASES if real_cases is None else real_cases) if c != holdout]
     if (root / "brats").exists():
         for case in real_cases:
@@ -390,7 +385,7 @@ def build_dataset(out: os.PathLike, *, size: int = 128, n_synth: int = 10, slice
               "strip_fraction": strip_fraction, "contrast_jitter": contrast_jitter,
               "normalisation": norm or "percentile",
               "unpaired_cet1": [Path(f).name for f in unpaired_cet1], "slices_per_unpaired": slices_per_unpaired,
-              "planes": dict(PLANE_PROBS), "renders": descs, "module": "MultimodalRegistrationLib.synth"}
+              "planes": dict(PLANE_PROBS), "renders": descs, "module": "MultimodalRegistrationLab.synth"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part.npz")
@@ -434,7 +429,7 @@ def main(argv=None) -> int:
     p.add_argument("--slices-per-unpaired", type=int, default=200)
     p.add_argument("--real-cases", nargs="*", default=None, help="BraTS training cases (default: all but --holdout)")
     a = p.parse_args(argv)
-    from .translate import tissue_peak_normalisation
+    from MultimodalRegistrationLib.translate import tissue_peak_normalisation
 
     build_dataset(a.out, size=a.size, n_synth=a.n_synth, slices_per_synth=a.slices_per_synth,
                   slices_per_real=a.slices_per_real, holdout=a.holdout, seed=a.seed,

@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import InputError
-from .progress import ProgressFn, report
-from .translate import (GanTranslator, Translator, add_progress_argument, load_translator, normalise01,
-                        progress_from_args, volume_scale)
+from MultimodalRegistrationLib.errors import InputError
+from MultimodalRegistrationLib.progress import ProgressFn, add_progress_argument, progress_from_args, report
+from MultimodalRegistrationLib.translate import GanTranslator, Translator, load_translator, normalise01, volume_scale
 
 STAT_ROWS = ("mean", "std", "min", "q1", "median", "q3", "max")
 
@@ -308,11 +307,11 @@ def _figures(out: Path, A, B, fakeA, fakeB, title: str) -> None:
 def evaluate(translator: Translator, cases=("TCGA-DU-7294",), out_dir: os.PathLike | None = None,
              plane: str = "coronal", data_root: os.PathLike | None = None, batch_size: int = 8,
              progress: ProgressFn | None = None) -> dict:
-    from .synth import data_root as default_root
+    from .simulate import default_data_root
 
     if not isinstance(translator, GanTranslator):
         raise InputError("evaluate-gan needs a GAN checkpoint (the 'none' translator converts nothing)")
-    root = Path(data_root) if data_root else default_root()
+    root = Path(data_root) if data_root else default_data_root()
     norm = translator.meta.get("normalisation")
     t0 = time.time()
     As, Bs, fAs, fBs, per_all = [], [], [], [], {}
@@ -401,7 +400,7 @@ def run_cli(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m MultimodalRegistrationLib.evaluate_gan")
+    p = argparse.ArgumentParser(prog="python -m MultimodalRegistrationLab.evaluate_gan")
     add_arguments(p)
     return run_cli(p.parse_args(argv))
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MultimodalRegistrationLib.threads import limit_process_threads
+
 ALL_METHODS = ("ours", "paper", "mi", "elastix", "ants")
 FIELDS = ["case", "source", "seed", "hard", "method", "tre_mean", "tre_median", "tre_p95", "tre_max",
           "rot_err_deg", "trans_err_mm", "dice", "metric", "flag_success", "success", "seconds", "error",
@@ -59,21 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop starting new cases after this many seconds (0 = no limit)")
 
 
-def _set_threads(n: int) -> None:
-    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
-    try:
-        import torch
-        torch.set_num_threads(n)
-    except Exception:  # pragma: no cover - torch is a dependency
-        pass
-    try:
-        import SimpleITK as sitk
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
-    except Exception:  # pragma: no cover
-        pass
-
-
 def case_params(i: int, preset: str, hard_fraction: float, hard_rot: float, hard_shift: float):
     from . import simulate
     p = simulate.PRESETS[preset]
@@ -85,8 +72,8 @@ def case_params(i: int, preset: str, hard_fraction: float, hard_rot: float, hard
 
 
 def run_method(method: str, case, params: dict, device: str, seed: int):
-    from .register import register
-    from . import baselines
+    from MultimodalRegistrationLib.register import register
+    from MultimodalRegistrationLib import baselines
     if method in ("ours", "paper"):
         return register(case.coronal_t2, case.axial_t2, method, params=params, device=device, seed=seed)
     if method == "mi":
@@ -96,7 +83,7 @@ def run_method(method: str, case, params: dict, device: str, seed: int):
 
 
 def score(case, M: np.ndarray) -> dict:
-    from . import geometry, metrics
+    from MultimodalRegistrationLib import geometry, metrics
     pts = metrics.overlap_points(case.coronal_t2, case.axial_t2, case.moving_to_fixed)
     t = metrics.tre(M, case.moving_to_fixed, pts)
     center = geometry.apply(case.moving_to_fixed, pts.mean(axis=0)[None])[0] if len(pts) else case.axial_t2.center_world()
@@ -165,9 +152,9 @@ def _read_rows(path: Path) -> list[dict]:
 
 def run_cli(args) -> int:
     from . import simulate
-    from .errors import InputError
+    from MultimodalRegistrationLib.errors import InputError
 
-    _set_threads(int(args.threads))
+    limit_process_threads(int(args.threads))
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
@@ -257,7 +244,7 @@ def run_cli(args) -> int:
 
 def _reflag(row: dict) -> dict:
     """The method's success flag recomputed from its metric with the current documented threshold."""
-    from . import register as R
+    from MultimodalRegistrationLib import register as R
     thr = {"ours": (R.OURS_SUCCESS_NCC, 1.0), "paper": (R.PAPER_SUCCESS_MSE, -1.0), "mi": (R.MI_SUCCESS_METRIC, -1.0)}
     m = row["method"]
     if m in thr:

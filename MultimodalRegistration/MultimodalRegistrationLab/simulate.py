@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import geometry
-from .errors import InputError
-from .volume import Volume, load_volume, save_volume, atomic_write
+from MultimodalRegistrationLib import geometry
+from MultimodalRegistrationLib.errors import InputError
+from MultimodalRegistrationLib.volume import Volume, load_volume, save_volume, atomic_write
 
 CORONAL_DIRS = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]).T   # i -> L, j -> S, k -> A (right-handed)
 AXIAL_DIRS = np.eye(3)                                                 # i -> R, j -> A, k -> S
@@ -279,17 +279,6 @@ def save_case(case: SimCase, folder: str | os.PathLike, prefix: str = "") -> Pat
     return folder
 
 
-def load_case(folder: str | os.PathLike, prefix: str = "") -> SimCase:
-    """Reads a case written by :func:`save_case` (used by the scripts of benchmarks/results/search_cr_dev/)."""
-    folder = Path(folder)
-    vols = {}
-    for attr, fname in CASE_FILES.items():
-        f = folder / f"{prefix}{fname}"
-        vols[attr] = load_volume(f, labels="labels" in attr) if f.exists() else None
-    gt = json.loads((folder / f"{prefix}ground_truth.json").read_text())
-    return SimCase(moving_to_fixed=np.asarray(gt["moving_to_fixed_ras"]), meta=gt.get("meta", {}), **vols)
-
-
 # ----------------------------------------------------------------------------- sources
 
 def default_data_root() -> Path:
@@ -342,3 +331,49 @@ def load_brats_source(name: str, data_root: str | os.PathLike | None = None) -> 
     return SourceCase(name=name, cet1=_normalise(load_volume(d / "t1c.nii.gz")),
                       t2=_normalise(load_volume(d / "t2.nii.gz")),
                       labels=load_volume(d / f"{seg}.nii.gz", labels=True))
+
+
+# ----------------------------------------------------------------------------- CLI: mmreg simulate
+
+def add_arguments(p) -> None:
+    p.add_argument("--source", help="a BraTS case name from ../shared/data (see simulate.BRATS_CASES)")
+    p.add_argument("--cet1", help="isotropic ceT1 volume (instead of --source)")
+    p.add_argument("--t2", help="isotropic T2 volume co-registered with --cet1")
+    p.add_argument("--labels", help="labels on the --cet1 grid")
+    p.add_argument("--preset", choices=("paper", "fast", "bench"), default="paper")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--header-rot", type=float, help="max rotation (deg) of the header offset")
+    p.add_argument("--header-shift", type=float, help="max translation (mm) of the header offset")
+    p.add_argument("--out", required=True)
+
+
+def run_cli(args) -> int:
+    if args.source:
+        src = load_brats_source(args.source)
+    else:
+        if not (args.cet1 and args.t2):
+            raise InputError("give --source NAME, or --cet1 and --t2 (co-registered isotropic volumes)")
+        src = SourceCase(name=Path(args.cet1).name, cet1=load_volume(args.cet1), t2=load_volume(args.t2),
+                         labels=load_volume(args.labels, labels=True) if args.labels else None)
+    params = PRESETS[args.preset]
+    if args.header_rot is not None:
+        params = replace(params, header_rot_deg=args.header_rot)
+    if args.header_shift is not None:
+        params = replace(params, header_shift_mm=args.header_shift)
+    case = simulate_case(src, seed=args.seed, params=params)
+    save_case(case, args.out)
+    print(f"simulated case (seed {args.seed}, preset {args.preset}) -> {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m MultimodalRegistrationLab.simulate",
+                                     description="make a simulated thick-slice case with known ground truth")
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

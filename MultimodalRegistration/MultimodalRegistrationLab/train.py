@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, InputError
-from .progress import ProgressFn, report
-from .translate import DEFAULT_CHECKPOINT_NAME, hardware_description, save_checkpoint
+from MultimodalRegistrationLib.errors import CheckpointError, InputError
+from MultimodalRegistrationLib.progress import ProgressFn, report
+from MultimodalRegistrationLib.threads import set_threads
+from MultimodalRegistrationLib.translate import DEFAULT_CHECKPOINT_NAME, hardware_description, save_checkpoint
 
 STATE_FILE = "state.pt"
 
@@ -55,7 +56,7 @@ class Trainer:
                  A_unpaired: np.ndarray | None = None, unpaired_prob: float = 0.0):
         import torch
 
-        from .nicegan import NiceGan, NiceGanConfig
+        from MultimodalRegistrationLib.nicegan import NiceGan, NiceGanConfig
 
         if A.ndim != 3 or A.shape != B.shape and paired:
             raise InputError(f"training slices must be (N, S, S) with A and B alike; got {A.shape} and {B.shape}")
@@ -91,7 +92,7 @@ class Trainer:
     def save_state(self) -> Path:
         import torch
 
-        from .volume import atomic_write
+        from MultimodalRegistrationLib.volume import atomic_write
 
         state = {"model": self.model.state_dict(), "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
                  "iteration": torch.tensor(self.iteration), "wall": torch.tensor(self.wall),
@@ -122,7 +123,7 @@ class Trainer:
     def init_from(self, checkpoint: os.PathLike) -> dict:
         """Starts from the inference weights (encoders, decoders) of a checkpoint; the discriminator
         heads keep their fresh initialisation. Returns the checkpoint's sidecar."""
-        from .translate import load_checkpoint
+        from MultimodalRegistrationLib.translate import load_checkpoint
 
         model, meta = load_checkpoint(checkpoint, "cpu")
         if meta["config"] != self.cfg.to_dict():
@@ -336,7 +337,7 @@ def load_training_sets(paths) -> tuple:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise InputError(f"training data not found: {', '.join(missing)} "
-                         "(build it with python -m MultimodalRegistrationLib.synth, or --build-data for one file)")
+                         "(build it with python -m MultimodalRegistrationLab.synth, or --build-data for one file)")
     parts = [load_dataset(p) for p in paths]
     sizes = {p.name: tuple(part[0].shape[1:]) for p, part in zip(paths, parts)}
     if len(set(sizes.values())) > 1:
@@ -382,11 +383,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args) -> int:
     import torch
 
-    from .nicegan import NiceGanConfig
+    from MultimodalRegistrationLib.nicegan import NiceGanConfig
     from .synth import build_dataset, load_dataset, load_unpaired
-    from .translate import NORMALISATION, _resolve_device, default_checkpoint_path
+    from MultimodalRegistrationLib.translate import NORMALISATION, _resolve_device, default_checkpoint_path
 
-    torch.set_num_threads(max(1, args.threads))
+    set_threads(max(1, args.threads))
     paths = [Path(d) for d in args.data]
     if args.build_data and len(paths) == 1 and not paths[0].exists():
         build_dataset(paths[0])
@@ -410,7 +411,7 @@ def run_cli(args) -> int:
     data_desc = {"file": " + ".join(d.name for d in paths), "pairs": int(len(A)), "sources": {u: sum(s.startswith(u) for s in sources)
                                                                      for u in uniq}, "recipe": recipe,
                  "validation": Path(args.val_data).name if args.val_data else None}
-    prog = "mmreg" if Path(sys.argv[0]).name.startswith("mmreg") else "python -m MultimodalRegistrationLib.train"
+    prog = "mmreg" if Path(sys.argv[0]).name.startswith("mmreg") else "python -m MultimodalRegistrationLab.train"
     cmd = prog + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cfg = NiceGanConfig(ch=args.ch, n_res=args.n_res, img_size=int(A.shape[-1]))
     tr = Trainer(A, B, args.out, cfg, lr=args.lr, batch_size=args.batch_size, paired=paired,
@@ -446,7 +447,7 @@ def run_cli(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m MultimodalRegistrationLib.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m MultimodalRegistrationLab.train", description=__doc__.split("\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MultimodalRegistrationLib.threads import limit_process_threads
+
 SOURCES = ("BraTSorch-case", "BraTS-MET-00110", "TCGA-FG-6692", "stroke", "TCGA-DU-7294")
 HELD_OUT = ("TCGA-DU-7294",)
 REGIMES = {"paper": (8.0, 15.0), "large": (30.0, 60.0)}
@@ -45,7 +47,7 @@ def greedy_rigid(moving, fixed, threads: int) -> np.ndarray:
     """Greedy rigid NMI from the image centres; returns moving->fixed RAS (Greedy's out.mat maps fixed
     points to moving points, in RAS)."""
     from picsl_greedy import Greedy3D
-    from .volume import save_volume
+    from MultimodalRegistrationLib.volume import save_volume
     with tempfile.TemporaryDirectory() as td:
         f, m, o = (os.path.join(td, n) for n in ("fixed.nii.gz", "moving.nii.gz", "out.mat"))
         save_volume(fixed, f, dtype=np.float32)
@@ -76,14 +78,10 @@ def main(argv=None) -> int:
 
 def run_cli(args) -> int:
     argv = sys.argv[1:]
-    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
-        os.environ[var] = str(args.threads)
-    import SimpleITK as sitk
-    import torch
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    torch.set_num_threads(args.threads)
-    from . import metrics, simulate
-    from .register import register
+    limit_process_threads(args.threads)
+    from MultimodalRegistrationLib import metrics
+    from . import simulate
+    from MultimodalRegistrationLib.register import register
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +115,7 @@ def run_cli(args) -> int:
                             if m == "greedy":
                                 M = greedy_rigid(case.coronal_cet1, case.axial_t2, args.threads)
                             elif m == "elastix":
-                                from .baselines import register_elastix
+                                from MultimodalRegistrationLib.baselines import register_elastix
                                 M = register_elastix(case.coronal_cet1, case.axial_t2).moving_to_fixed
                             else:
                                 r = register(case.coronal_cet1, case.axial_t2, m,
