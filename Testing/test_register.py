@@ -9,7 +9,8 @@ import pytest
 
 from MultimodalRegistrationLib import metrics, simulate
 from MultimodalRegistrationLib.errors import InputError
-from MultimodalRegistrationLib.register import METHODS, RegistrationResult, register, rotvec_matrix, about
+from MultimodalRegistrationLib.geometry import about, rotvec_matrix
+from MultimodalRegistrationLib.registration import METHODS, RegistrationResult, register
 
 FAST_PAPER = {"pixel_mm": 4.0, "n_iter": 8, "lr0": 1.5}
 
@@ -65,25 +66,26 @@ def test_ours_analytic_jacobian_matches_finite_differences(fast_case):
     """The LM step's Jacobian (sampled image gradient x derivative of the sample positions) against
     central differences of the slice-profile-averaged samples, for all 6 rigid parameters."""
     import torch
-    from MultimodalRegistrationLib import register as R
+    from MultimodalRegistrationLib.registration.images import robust_scale, signal_mask
+    from MultimodalRegistrationLib.registration.refine import Level, ncc_and_jacobian
 
     case = fast_case
     mov = np.asarray(case.coronal_t2.array, np.float32)
     fix = np.asarray(case.axial_t2.array, np.float32)
-    mov, fix = mov / R.robust_scale(mov), fix / R.robust_scale(fix)
-    lvl = R._Level(case.coronal_t2, mov, case.axial_t2, fix, R.signal_mask(fix, 0.08, 1), 4.0, 3, 4000, 0,
-                   torch, torch.device("cpu"))
+    mov, fix = mov / robust_scale(mov), fix / robust_scale(fix)
+    lvl = Level(case.coronal_t2, mov, case.axial_t2, fix, signal_mask(fix, 0.08, 1), 4.0, 3, 4000, 0,
+                torch.device("cpu"))
     M = about(rotvec_matrix(np.radians([2.0, -1.0, 1.5])), case.axial_t2.center_world(), [1.5, -2.0, 1.0]) \
         @ case.moving_to_fixed
     c = case.axial_t2.center_world() + np.array([5.0, -3.0, 2.0])
-    ncc, frac, mv, w, J = R._ncc_and_jacobian(M, lvl, c, torch)
+    ncc, frac, mv, w, J = ncc_and_jacobian(M, lvl, c)
     assert np.isfinite(ncc) and 0.05 < frac <= 1.0 and J.shape == (lvl.n, 6)
     keep = (w > 0.999).numpy()                     # points well inside the coronal stack
     for k, h in enumerate([0.004] * 3 + [0.3] * 3):
         dx = np.zeros(6)
         dx[k] = h
-        mp = R._ncc_and_jacobian(about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M, lvl, c, torch, jac=False)[2]
-        mm = R._ncc_and_jacobian(about(rotvec_matrix(-dx[:3]), c, -dx[3:]) @ M, lvl, c, torch, jac=False)[2]
+        mp = ncc_and_jacobian(about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M, lvl, c, jac=False)[2]
+        mm = ncc_and_jacobian(about(rotvec_matrix(-dx[:3]), c, -dx[3:]) @ M, lvl, c, jac=False)[2]
         fd = ((mp - mm) / (2 * h)).numpy()[keep]
         an = J[:, k].numpy()[keep]
         r = np.corrcoef(fd, an)[0, 1]
@@ -194,7 +196,7 @@ def test_cr_fit_recovers_a_nonlinear_intensity_map():
     """The correlation ratio of a ~ f(m) is 1 for any piecewise-linear f on the knots (even a
     non-monotonic one: T1 dark CSF is T2 bright), and 0 for unrelated intensities."""
     import torch
-    from MultimodalRegistrationLib.register import _cr_fit
+    from MultimodalRegistrationLib.registration.refine import cr_fit as _cr_fit
     g = torch.Generator().manual_seed(0)
     m = torch.rand(5000, generator=g, dtype=torch.float64)
     knots = torch.linspace(0, 1, 9, dtype=torch.float64)

@@ -6,8 +6,8 @@ import pytest
 
 from MultimodalRegistrationLib import simulate
 from MultimodalRegistrationLib.errors import RegistrationError
-from MultimodalRegistrationLib.subsets import (axis_correspondence, enumerate_subsets, interpolate_slice_axis,
-                                               plan_for)
+from MultimodalRegistrationLib.registration.paper import (axis_correspondence, enumerate_subsets, interpolate_slice_axis,
+                                                         plan_for)
 from MultimodalRegistrationLib.volume import Volume, slice_axis
 
 

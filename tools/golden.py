@@ -54,7 +54,7 @@ def sample_golden() -> dict:
     one_thread()
     from MultimodalRegistrationLib import contract, sample
     from MultimodalRegistrationLib.pipeline import Params, run_case
-    from MultimodalRegistrationLib.register import METHODS
+    from MultimodalRegistrationLib.registration import METHODS
 
     out: dict = {"register": {}, "demo": None, "batch": None}
     paths = sample.sample_paths()
@@ -95,7 +95,7 @@ def real_golden() -> dict:
     one_thread()
     from dataclasses import replace
     from MultimodalRegistrationLib import evaluate_real, metrics, simulate
-    from MultimodalRegistrationLib.register import register
+    from MultimodalRegistrationLib.registration import register
     from MultimodalRegistrationLib.translate import load_translator
 
     out = {}

@@ -83,7 +83,7 @@ def run_cli(args) -> int:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     torch.set_num_threads(args.threads)
     from . import metrics, simulate
-    from .register import register
+    from .registration import register
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def run_cli(args) -> int:
                             if m == "greedy":
                                 M = greedy_rigid(case.coronal_cet1, case.axial_t2, args.threads)
                             elif m == "elastix":
-                                from .baselines import register_elastix
+                                from MultimodalRegistrationLab.baselines import register_elastix
                                 M = register_elastix(case.coronal_cet1, case.axial_t2).moving_to_fixed
                             else:
                                 r = register(case.coronal_cet1, case.axial_t2, m,
