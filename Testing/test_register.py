@@ -54,7 +54,7 @@ def test_result_contract_and_errors(fast_case):
 
 
 @pytest.mark.parametrize("optimizer", ["lm", "lbfgs"])
-def test_ours_recovers_known_offset(cases, optimizer):
+def test_search_ncc_recovers_known_offset(cases, optimizer):
     for case in cases:
         r = register(case.coronal_t2, case.axial_t2, "ours", params={"optimizer": optimizer})
         t = _tre(case, r.moving_to_fixed)
@@ -62,7 +62,7 @@ def test_ours_recovers_known_offset(cases, optimizer):
         assert r.success
 
 
-def test_ours_analytic_jacobian_matches_finite_differences(fast_case):
+def test_search_ncc_analytic_jacobian_matches_finite_differences(fast_case):
     """The LM step's Jacobian (sampled image gradient x derivative of the sample positions) against
     central differences of the slice-profile-averaged samples, for all 6 rigid parameters."""
     import torch
@@ -93,7 +93,7 @@ def test_ours_analytic_jacobian_matches_finite_differences(fast_case):
         assert r > 0.9 and 0.8 < scale < 1.25, (k, r, scale)
 
 
-def test_ours_global_search_recovers_15mm_8deg(fast_case):
+def test_search_ncc_global_search_recovers_15mm_8deg(fast_case):
     case = _with_header_error(fast_case, 8.0, 15.0)
     t0 = _tre(case, np.eye(4))
     assert t0["median"] > 10.0                             # the headers alone are far off
@@ -104,14 +104,14 @@ def test_ours_global_search_recovers_15mm_8deg(fast_case):
     assert rot < 1.0 and trans < 1.5
 
 
-def test_ours_rejects_bad_parameters(fast_case):
+def test_search_ncc_rejects_bad_parameters(fast_case):
     for bad in ({"levels_mm": [4.0, 2.0], "iterations": [10]}, {"optimizer": "newton"}, {"init": "guess"},
                 {"no_such_option": 1}):
         with pytest.raises(InputError):
             register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params=bad)
 
 
-def test_ours_trusting_headers_refines_small_offsets(fast_case):
+def test_search_ncc_trusting_headers_refines_small_offsets(fast_case):
     r = register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params={"init": "header"})
     assert _tre(fast_case, r.moving_to_fixed)["median"] < 0.3
 
@@ -196,15 +196,15 @@ def test_cr_fit_recovers_a_nonlinear_intensity_map():
     """The correlation ratio of a ~ f(m) is 1 for any piecewise-linear f on the knots (even a
     non-monotonic one: T1 dark CSF is T2 bright), and 0 for unrelated intensities."""
     import torch
-    from MultimodalRegistrationLib.registration.refine import cr_fit as _cr_fit
+    from MultimodalRegistrationLib.registration.refine import cr_fit
     g = torch.Generator().manual_seed(0)
     m = torch.rand(5000, generator=g, dtype=torch.float64)
     knots = torch.linspace(0, 1, 9, dtype=torch.float64)
     a = torch.where(m < 0.5, 1.0 - 2 * m, 2 * (m - 0.5) * 0.6)
     w = torch.ones_like(m)
-    cr, c, *_ = _cr_fit(m, a, w, knots)
+    cr, c, *_ = cr_fit(m, a, w, knots)
     assert cr > 0.999
-    cr0, *_ = _cr_fit(m, torch.rand(5000, generator=g, dtype=torch.float64), w, knots)
+    cr0, *_ = cr_fit(m, torch.rand(5000, generator=g, dtype=torch.float64), w, knots)
     assert cr0 < 0.01
 
 

@@ -243,11 +243,11 @@ class SubsetPlacement:
         rotation = left @ right_t
         if np.linalg.det(rotation) < 0:
             rotation = left @ np.diag([1, 1, -1]) @ right_t
-        c = fixed.center_world()
-        cm = geometry.apply(np.linalg.inv(approx), c[None])[0]
+        centre = fixed.center_world()
+        centre_moving = geometry.apply(np.linalg.inv(approx), centre[None])[0]
         out = np.eye(4)
         out[:3, :3] = rotation
-        out[:3, 3] = c - rotation @ cm
+        out[:3, 3] = centre - rotation @ centre_moving
         return out
 
 
@@ -320,13 +320,13 @@ def register_paper(moving: Volume, fixed: Volume, *, params: PaperParams | None 
         th = _radians(prm[:, 2])
         u1, v1 = place.rotate(du32[None], dv32[None], prm[:, 0, None, None], prm[:, 1, None, None],
                               torch.cos(th)[:, None, None], torch.sin(th)[:, None, None])
-        a = place.moving_index(0, u1)                                          # (B, U, V)
-        b = place.moving_index(1, v1)
-        ok = ((a > -0.5) & (a < height - 0.5)).float()
+        along_u = place.moving_index(0, u1)                                    # (B, U, V)
+        along_v = place.moving_index(1, v1)
+        ok = ((along_u > -0.5) & (along_u < height - 0.5)).float()
         rows = place.row(start_t[:, None], kk[None, :]).float()               # (B, K)
-        y = rows[:, :, None, None] * (height + 2) + 1.0 + a[:, None]           # (B, K, U, V)
-        x = (b[:, None] * (2.0 / (width - 1)) - 1.0).expand(n_b, n_slices, n_u, n_v)
-        grid = torch.stack([x, y * (2.0 / (tall_height - 1)) - 1.0], dim=-1).reshape(1, n_b * n_slices * n_u, n_v, 2)
+        tall_y = rows[:, :, None, None] * (height + 2) + 1.0 + along_u[:, None]     # (B, K, U, V)
+        tall_x = (along_v[:, None] * (2.0 / (width - 1)) - 1.0).expand(n_b, n_slices, n_u, n_v)
+        grid = torch.stack([tall_x, tall_y * (2.0 / (tall_height - 1)) - 1.0], dim=-1).reshape(1, n_b * n_slices * n_u, n_v, 2)
         vals = F.grid_sample(tall_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         vals = vals.reshape(n_b, n_slices, n_u, n_v) * ok[:, None]
         err = (vals - fix_t[None].float()) ** 2
@@ -383,20 +383,21 @@ def register_paper(moving: Volume, fixed: Volume, *, params: PaperParams | None 
                 lr_i = lr0 / (1.0 + i / n_iter)                       # Eq. 1
                 scale = torch.tensor([lr_i, lr_i, rstep, rstep, rstep], dtype=torch.float64, device=dev)
                 cand = prm[:, None, :] + probes[None] * scale[None, None]   # (B, P, 5)
-                m = mse(st_t.repeat_interleave(n_probes), cand.reshape(n_b * n_probes, 5)).reshape(n_b, n_probes)
-                best = torch.argmin(m, dim=1)
+                probe_mse = mse(st_t.repeat_interleave(n_probes), cand.reshape(n_b * n_probes, 5))
+                probe_mse = probe_mse.reshape(n_b, n_probes)
+                best = torch.argmin(probe_mse, dim=1)
                 prm = cand[torch.arange(n_b), best]
-                cur = m[torch.arange(n_b), best]
+                cur = probe_mse[torch.arange(n_b), best]
             all_mse[ci * chunk: ci * chunk + n_b] = cur.cpu().numpy()
             all_prm[ci * chunk: ci * chunk + n_b] = prm.cpu().numpy()
             report(progress, "register", ci + 1, total)
-    b = int(np.argmin(all_mse))
-    start, prm = int(starts[b]), all_prm[b]
+    best_subset = int(np.argmin(all_mse))
+    start, prm = int(starts[best_subset]), all_prm[best_subset]
 
     # --- the chosen voxel map as a world transform: moving(fine) voxel -> fixed voxel, then affines
     moving_to_fixed = place.world_transform(start, prm, fine, fixed_level, fixed)
     thr = float(p.success_mse)
-    best_mse = float(all_mse[b])
+    best_mse = float(all_mse[best_subset])
     curve = np.full(plan.n_enumerated, np.nan)
     idx_kept = np.flatnonzero(plan.kept)[::stride]
     curve[idx_kept] = all_mse
@@ -407,6 +408,6 @@ def register_paper(moving: Volume, fixed: Volume, *, params: PaperParams | None 
                "pixel_mm": pix, "normalisation": p.normalisation, "success_threshold_mse": thr,
                "subset_metrics_kept_only": [float(v) for v in all_mse]}
     return RegistrationResult(moving_to_fixed=moving_to_fixed, method="paper", metric=best_mse,
-                              success=bool(best_mse <= thr), subset_index=int(idx_kept[b]),
+                              success=bool(best_mse <= thr), subset_index=int(idx_kept[best_subset]),
                               subset_metrics=[None if not np.isfinite(v) else float(v) for v in curve],
                               details=details)

@@ -99,10 +99,10 @@ def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
     sw = w.sum()
     if float(sw.detach()) < 0.05 * lvl.n:
         return torch.ones((), dtype=x.dtype) * 1.0 + 0 * x.sum(), 0.0
-    a = lvl.vals
-    ma = (w * a).sum() / sw
+    fixed_vals = lvl.vals
+    ma = (w * fixed_vals).sum() / sw
     mb = (w * mv).sum() / sw
-    da, db = a - ma, mv - mb
+    da, db = fixed_vals - ma, mv - mb
     cov = (w * da * db).sum() / sw
     va = (w * da * da).sum() / sw
     vb = (w * db * db).sum() / sw
@@ -162,18 +162,18 @@ def ncc_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, jac
     frac = sw / lvl.n
     if sw < 0.05 * lvl.n:
         return float("nan"), frac, mv, w, None
-    a = lvl.vals
-    da = a - (w * a).sum() / sw
+    fixed_vals = lvl.vals
+    da = fixed_vals - (w * fixed_vals).sum() / sw
     db = mv - (w * mv).sum() / sw
     ncc = float((w * da * db).sum() / torch.sqrt((w * da * da).sum() * (w * db * db).sum() + 1e-12))
     jacobian = None
     if jac:
         # d vox / d w_k = K (r x e_k) with r = p - c, d vox / d t = -K; g = sampled image gradient:
         # g . K (r x e_k) = ((K^T g) x r)_k
-        h = torch.einsum("cps,cd->psd", out[1:], torch.from_numpy(linear.astype(np.float32)).to(dev))
-        r = lvl.pts + torch.from_numpy((lvl.origin_np - c).astype(np.float32)).to(dev)
-        jac_rot = (torch.linalg.cross(h, r, dim=-1) * wi[..., None]).sum(dim=1)
-        jac_shift = -(h * wi[..., None]).sum(dim=1)
+        grad_world = torch.einsum("cps,cd->psd", out[1:], torch.from_numpy(linear.astype(np.float32)).to(dev))
+        arm = lvl.pts + torch.from_numpy((lvl.origin_np - c).astype(np.float32)).to(dev)
+        jac_rot = (torch.linalg.cross(grad_world, arm, dim=-1) * wi[..., None]).sum(dim=1)
+        jac_shift = -(grad_world * wi[..., None]).sum(dim=1)
         jacobian = torch.cat([jac_rot, jac_shift], dim=1)
     return ncc, frac, mv, w, jacobian
 
@@ -187,8 +187,8 @@ def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, eval
     drop (else the damping grows tenfold). Returns (M, metric, overlap fraction)."""
     current = np.asarray(start, dtype=np.float64)
     mc = geometry.apply(np.linalg.inv(current), np.asarray(c_world, dtype=np.float64)[None])[0]  # moving-space centre
-    c = np.asarray(c_world, dtype=np.float64)
-    state = evaluate(current, c)
+    centre = np.asarray(c_world, dtype=np.float64)
+    state = evaluate(current, centre)
     if not np.isfinite(state[0]):
         return current, state[0], state[1]
     lam = 1e-3
@@ -209,7 +209,7 @@ def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, eval
                 break
             dx[:3] = np.clip(dx[:3], -0.1, 0.1)            # at most ~6 degrees per step
             dx[3:] = np.clip(dx[3:], -5.0, 5.0)            # and 5 mm
-            candidate = about(rotvec_matrix(dx[:3]), c, dx[3:]) @ current
+            candidate = about(rotvec_matrix(dx[:3]), centre, dx[3:]) @ current
             cn = geometry.apply(candidate, mc[None])[0]
             res = evaluate(candidate, cn)
             if np.isfinite(res[0]) and res[0] >= state[0]:
@@ -219,7 +219,7 @@ def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, eval
             lam *= 10.0
         if accepted is None:
             break
-        candidate, c, res, dx = accepted
+        candidate, centre, res, dx = accepted
         gain = res[0] - state[0]
         current, state = candidate, res
         if gain < 1e-6 or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
@@ -233,13 +233,13 @@ def refine_lm(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int) ->
     (alpha, beta, alpha * dx) (variable projection), so each step solves one 8x8 system. The Jacobian
     is analytic (sampled image gradient times the derivative of the sample positions): one sampling
     pass per step. Rotations are about the moving stack's centre (``c_world`` under ``start``)."""
-    a = lvl.vals.double()
+    fixed_vals = lvl.vals.double()
 
     def system(state):
         _, _, mv, w, jacobian = state
         wd = w.double()
         design = torch.cat([mv.double()[:, None], torch.ones_like(wd)[:, None], jacobian.double()], dim=1)
-        return design.T @ (design * wd[:, None]), design.T @ (wd * a), 2
+        return design.T @ (design * wd[:, None]), design.T @ (wd * fixed_vals), 2
 
     def step(theta):
         alpha = float(theta[0])
@@ -265,19 +265,19 @@ def hat_basis(m, knots):
     return basis, idx, inside
 
 
-def cr_fit(mv, a, w, knots):
-    """Weighted least-squares fit a ~ f(mv), f piecewise linear on ``knots``: (correlation ratio
+def cr_fit(mv, target, w, knots):
+    """Weighted least-squares fit target ~ f(mv), f piecewise linear on ``knots``: (correlation ratio
     1 - SS_res / SS_tot, coefficients c (K,), Phi, interval index, inside mask)."""
     basis, idx, inside = hat_basis(mv, knots)
     gram = basis.T @ (basis * w[:, None])
     gram = gram + torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) * (
         1e-6 * float(torch.trace(gram)) / gram.shape[0] + 1e-9)
-    coef = torch.linalg.solve(gram, basis.T @ (w * a))
-    r = a - basis @ coef
+    coef = torch.linalg.solve(gram, basis.T @ (w * target))
+    residual = target - basis @ coef
     sw = w.sum()
-    am = (w * a).sum() / sw
-    tot = (w * (a - am) ** 2).sum()
-    cr = float(1.0 - (w * r * r).sum() / torch.clamp(tot, min=1e-12))
+    mean = (w * target).sum() / sw
+    tot = (w * (target - mean) ** 2).sum()
+    cr = float(1.0 - (w * residual * residual).sum() / torch.clamp(tot, min=1e-12))
     return cr, coef, basis, idx, inside
 
 
@@ -287,9 +287,9 @@ def cr_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, knot
     ncc, frac, mv, w, jacobian = ncc_and_jacobian(moving_to_fixed, lvl, c, jac=jac)
     if not np.isfinite(ncc):
         return float("nan"), frac, w, None, None, None
-    a = lvl.vals.double()
+    fixed_vals = lvl.vals.double()
     wd = w.double()
-    cr, coef, basis, idx, inside = cr_fit(mv.double(), a, wd, knots)
+    cr, coef, basis, idx, inside = cr_fit(mv.double(), fixed_vals, wd, knots)
     slope = (coef[idx + 1] - coef[idx]) / (knots[idx + 1] - knots[idx])
     slope = torch.where(inside, slope, torch.zeros_like(slope))
     return cr, frac, wd, (None if jacobian is None else jacobian.double()), basis, slope
@@ -301,7 +301,7 @@ def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
     relation, not only a linear one). With m linearised and f' taken at the current fit, the model
     a ~ Phi(m) c + f'(m) J dx is linear in (c, dx): one (K+6)-square solve per step, as in
     :func:`refine_lm` (which is the special case f(m) = alpha m + beta)."""
-    a = lvl.vals.double()
+    fixed_vals = lvl.vals.double()
     n_knots = knots.numel()
 
     def system(state):
@@ -310,7 +310,7 @@ def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
         normal = design.T @ (design * w[:, None])
         normal[:n_knots, :n_knots] += torch.eye(n_knots, dtype=normal.dtype) * (
             1e-6 * float(torch.trace(normal[:n_knots, :n_knots])) / n_knots + 1e-9)
-        return normal, design.T @ (w * a), n_knots
+        return normal, design.T @ (w * fixed_vals), n_knots
 
     def step(theta):
         dx = theta[n_knots:].cpu().numpy()

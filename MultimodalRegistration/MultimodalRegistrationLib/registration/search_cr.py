@@ -42,9 +42,9 @@ def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward:
     pts = overlap_points(moving, fixed, forward, max_points=4000)
     if not len(pts):
         return float("inf")
-    a = geometry.apply(forward, pts)
-    b = geometry.apply(np.linalg.inv(backward), pts)
-    return float(np.linalg.norm(a - b, axis=1).mean())
+    by_forward = geometry.apply(forward, pts)
+    by_backward = geometry.apply(np.linalg.inv(backward), pts)
+    return float(np.linalg.norm(by_forward - by_backward, axis=1).mean())
 
 
 def _forward_backward(moving, fixed, fixed_1mm, fwd, p_fwd: SearchNccParams, p_bwd: SearchNccParams, tol,
@@ -54,9 +54,9 @@ def _forward_backward(moving, fixed, fixed_1mm, fwd, p_fwd: SearchNccParams, p_b
     whichever of its two results its own metric prefers (one of them may sit in a local optimum that
     the other's result escapes). Returns (fwd, bwd, mm, which directions took the other's start)."""
     bwd = register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device, seed=seed + 1)
-    d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+    mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
     swapped = []
-    if not (np.isfinite(d) and d <= tol) and rescue:
+    if not (np.isfinite(mm) and mm <= tol) and rescue:
         from_bwd = p_fwd.replace(init="header", initial_transform=np.linalg.inv(bwd.moving_to_fixed))
         f2 = register_search_ncc(moving, fixed, params=from_bwd, progress=None, device=device, seed=seed)
         from_fwd = p_bwd.replace(init="header", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
@@ -67,8 +67,8 @@ def _forward_backward(moving, fixed, fixed_1mm, fwd, p_fwd: SearchNccParams, p_b
         if np.isfinite(b2.metric) and b2.metric > bwd.metric:
             bwd = b2
             swapped.append("backward")
-        d = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
-    return fwd, bwd, d, swapped
+        mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+    return fwd, bwd, mm, swapped
 
 
 def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams | None = None, progress=None,
@@ -104,17 +104,17 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams 
             f_new, b_new, d_new, swapped = _forward_backward(moving, fixed, fixed_1mm, f_new, p_fwd, p_bwd, tol,
                                                              params.rescue, device, seed)
             history.append({"pass": k + 1, "mm": d_new, "restarted_from_the_other": swapped})
-            if k == 0 or d_new < d:
-                fwd, bwd, d = f_new, b_new, d_new
-            if np.isfinite(d) and d <= tol:
+            if k == 0 or d_new < mm:
+                fwd, bwd, mm = f_new, b_new, d_new
+            if np.isfinite(mm) and mm <= tol:
                 break
         result = fwd.moving_to_fixed
-        details["consistency"] = {"mm": d, "threshold_mm": tol, "backward_metric": float(bwd.metric),
+        details["consistency"] = {"mm": mm, "threshold_mm": tol, "backward_metric": float(bwd.metric),
                                   "restarted_from_the_other": history[0]["restarted_from_the_other"],
                                   "passes": history,
                                   "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist(),
                                   "forward_moving_to_fixed_ras": np.asarray(fwd.moving_to_fixed).tolist()}
-        success = bool(np.isfinite(d) and d <= tol)
+        success = bool(np.isfinite(mm) and mm <= tol)
         if success and params.symmetric:
             # two independent estimates that agree: their rigid mean halves the error variance
             result = midpoint_transform(moving, fixed, fwd.moving_to_fixed, np.linalg.inv(bwd.moving_to_fixed))
