@@ -147,3 +147,59 @@ def test_importing_the_package_and_the_mi_method_does_not_import_torch():
 def test_unsupported_annotation_is_a_programming_error():
     with pytest.raises(TypeError):
         params_mod._coerce("x", 1, "complex")
+
+
+def _imports(path, package_parts):
+    """(imported module, imported names) of one file, relative imports resolved."""
+    import ast
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            if node.level:
+                base = package_parts[: len(package_parts) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            out.append((module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+    return out
+
+
+def test_registration_package_has_no_import_cycle_and_imports_no_private_name():
+    """The engine's modules import each other one way only, and never another module's `_private` name
+    (issue 15: register and baselines imported each other; polish used baselines._normalised)."""
+    base = ROOT / "MultimodalRegistration"
+    files = sorted((base / "MultimodalRegistrationLib" / "registration").glob("*.py")) + \
+        [base / "MultimodalRegistrationLab" / "baselines.py", base / "MultimodalRegistrationLib" / "device.py",
+         base / "MultimodalRegistrationLib" / "geometry.py"]
+    modules = {}
+    for path in files:
+        parts = list(path.relative_to(base).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, parts[:-1])
+    graph = {}
+    for name, (path, package_parts) in modules.items():
+        graph[name] = set()
+        for module, names in _imports(path, package_parts):
+            private = [n for n in names if n.startswith("_")]
+            assert not private, f"{name} imports private {private} from {module}"
+            for target in [module] + [f"{module}.{n}" for n in names]:
+                if target in modules and target != name:
+                    graph[name].add(target)
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in graph[node]:
+            assert state.get(nxt) != "open", "import cycle: " + " -> ".join(stack + [nxt])
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+    assert {"MultimodalRegistrationLib.registration.search_cr", "MultimodalRegistrationLib.registration.mi",
+            "MultimodalRegistrationLib.registration.params"} <= graph["MultimodalRegistrationLib.registration"]
