@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from MultimodalRegistrationLib import metrics
-from MultimodalRegistrationLib.baselines import make_isotropic, sitk_to_volume, volume_to_sitk
-from MultimodalRegistrationLib.volume import Volume
+from MultimodalRegistrationLib.geometry import sitk_to_volume, volume_to_sitk
+from MultimodalRegistrationLib.registration.mi import make_isotropic
 from MultimodalRegistrationLab import simulate
+from MultimodalRegistrationLib.volume import Volume
 
 
 def _oblique_volume():
@@ -58,7 +59,7 @@ def _tre(case, M):
 
 @slow
 def test_elastix_wrapper_recovers_small_offset(fast_case):
-    from MultimodalRegistrationLib.baselines import register_elastix
+    from MultimodalRegistrationLab.baselines import register_elastix
     r = register_elastix(fast_case.coronal_t2, fast_case.axial_t2, params={"iterations": 60, "levels_mm": (4.0, 2.0)})
     assert not r.details.get("error"), r.details
     assert _tre(fast_case, r.moving_to_fixed)["median"] < 1.0
@@ -66,7 +67,7 @@ def test_elastix_wrapper_recovers_small_offset(fast_case):
 
 @slow
 def test_ants_wrapper_recovers_small_offset(fast_case):
-    from MultimodalRegistrationLib.baselines import register_ants
+    from MultimodalRegistrationLab.baselines import register_ants
     r = register_ants(fast_case.coronal_t2, fast_case.axial_t2, params={"iterations": (40, 20), "shrink": (4, 2), "smoothing": (2, 1)})
     assert not r.details.get("error"), r.details
     assert _tre(fast_case, r.moving_to_fixed)["median"] < 1.0

@@ -550,7 +550,7 @@ def test_cli_manifest_error_is_one_line_exit_2(tmp_path, capsys):
 
 def _need_pipeline():
     try:
-        from MultimodalRegistrationLib import register  # noqa: F401
+        from MultimodalRegistrationLib import registration  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"registration module not available yet ({exc})")
 

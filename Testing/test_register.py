@@ -9,7 +9,8 @@ import pytest
 
 from MultimodalRegistrationLib import metrics
 from MultimodalRegistrationLib.errors import InputError
-from MultimodalRegistrationLib.register import METHODS, RegistrationResult, register, rotvec_matrix, about
+from MultimodalRegistrationLib.geometry import about, rotvec_matrix
+from MultimodalRegistrationLib.registration import METHODS, RegistrationResult, register
 from MultimodalRegistrationLab import simulate
 
 FAST_PAPER = {"pixel_mm": 4.0, "n_iter": 8, "lr0": 1.5}
@@ -54,7 +55,7 @@ def test_result_contract_and_errors(fast_case):
 
 
 @pytest.mark.parametrize("optimizer", ["lm", "lbfgs"])
-def test_ours_recovers_known_offset(cases, optimizer):
+def test_search_ncc_recovers_known_offset(cases, optimizer):
     for case in cases:
         r = register(case.coronal_t2, case.axial_t2, "ours", params={"optimizer": optimizer})
         t = _tre(case, r.moving_to_fixed)
@@ -62,29 +63,30 @@ def test_ours_recovers_known_offset(cases, optimizer):
         assert r.success
 
 
-def test_ours_analytic_jacobian_matches_finite_differences(fast_case):
+def test_search_ncc_analytic_jacobian_matches_finite_differences(fast_case):
     """The LM step's Jacobian (sampled image gradient x derivative of the sample positions) against
     central differences of the slice-profile-averaged samples, for all 6 rigid parameters."""
     import torch
-    from MultimodalRegistrationLib import register as R
+    from MultimodalRegistrationLib.registration.images import robust_scale, signal_mask
+    from MultimodalRegistrationLib.registration.refine import Level, ncc_and_jacobian
 
     case = fast_case
     mov = np.asarray(case.coronal_t2.array, np.float32)
     fix = np.asarray(case.axial_t2.array, np.float32)
-    mov, fix = mov / R.robust_scale(mov), fix / R.robust_scale(fix)
-    lvl = R._Level(case.coronal_t2, mov, case.axial_t2, fix, R.signal_mask(fix, 0.08, 1), 4.0, 3, 4000, 0,
-                   torch, torch.device("cpu"))
+    mov, fix = mov / robust_scale(mov), fix / robust_scale(fix)
+    lvl = Level(case.coronal_t2, mov, case.axial_t2, fix, signal_mask(fix, 0.08, 1), 4.0, 3, 4000, 0,
+                torch.device("cpu"))
     M = about(rotvec_matrix(np.radians([2.0, -1.0, 1.5])), case.axial_t2.center_world(), [1.5, -2.0, 1.0]) \
         @ case.moving_to_fixed
     c = case.axial_t2.center_world() + np.array([5.0, -3.0, 2.0])
-    ncc, frac, mv, w, J = R._ncc_and_jacobian(M, lvl, c, torch)
+    ncc, frac, mv, w, J = ncc_and_jacobian(M, lvl, c)
     assert np.isfinite(ncc) and 0.05 < frac <= 1.0 and J.shape == (lvl.n, 6)
     keep = (w > 0.999).numpy()                     # points well inside the coronal stack
     for k, h in enumerate([0.004] * 3 + [0.3] * 3):
         dx = np.zeros(6)
         dx[k] = h
-        mp = R._ncc_and_jacobian(about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M, lvl, c, torch, jac=False)[2]
-        mm = R._ncc_and_jacobian(about(rotvec_matrix(-dx[:3]), c, -dx[3:]) @ M, lvl, c, torch, jac=False)[2]
+        mp = ncc_and_jacobian(about(rotvec_matrix(dx[:3]), c, dx[3:]) @ M, lvl, c, jac=False)[2]
+        mm = ncc_and_jacobian(about(rotvec_matrix(-dx[:3]), c, -dx[3:]) @ M, lvl, c, jac=False)[2]
         fd = ((mp - mm) / (2 * h)).numpy()[keep]
         an = J[:, k].numpy()[keep]
         r = np.corrcoef(fd, an)[0, 1]
@@ -92,7 +94,7 @@ def test_ours_analytic_jacobian_matches_finite_differences(fast_case):
         assert r > 0.9 and 0.8 < scale < 1.25, (k, r, scale)
 
 
-def test_ours_global_search_recovers_15mm_8deg(fast_case):
+def test_search_ncc_global_search_recovers_15mm_8deg(fast_case):
     case = _with_header_error(fast_case, 8.0, 15.0)
     t0 = _tre(case, np.eye(4))
     assert t0["median"] > 10.0                             # the headers alone are far off
@@ -103,14 +105,14 @@ def test_ours_global_search_recovers_15mm_8deg(fast_case):
     assert rot < 1.0 and trans < 1.5
 
 
-def test_ours_rejects_bad_parameters(fast_case):
+def test_search_ncc_rejects_bad_parameters(fast_case):
     for bad in ({"levels_mm": [4.0, 2.0], "iterations": [10]}, {"optimizer": "newton"}, {"init": "guess"},
                 {"no_such_option": 1}):
         with pytest.raises(InputError):
             register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params=bad)
 
 
-def test_ours_trusting_headers_refines_small_offsets(fast_case):
+def test_search_ncc_trusting_headers_refines_small_offsets(fast_case):
     r = register(fast_case.coronal_t2, fast_case.axial_t2, "ours", params={"init": "header"})
     assert _tre(fast_case, r.moving_to_fixed)["median"] < 0.3
 
@@ -195,13 +197,13 @@ def test_cr_fit_recovers_a_nonlinear_intensity_map():
     """The correlation ratio of a ~ f(m) is 1 for any piecewise-linear f on the knots (even a
     non-monotonic one: T1 dark CSF is T2 bright), and 0 for unrelated intensities."""
     import torch
-    from MultimodalRegistrationLib.register import _cr_fit
+    from MultimodalRegistrationLib.registration.refine import cr_fit
     g = torch.Generator().manual_seed(0)
     m = torch.rand(5000, generator=g, dtype=torch.float64)
     knots = torch.linspace(0, 1, 9, dtype=torch.float64)
     a = torch.where(m < 0.5, 1.0 - 2 * m, 2 * (m - 0.5) * 0.6)
     w = torch.ones_like(m)
-    cr, c, *_ = _cr_fit(m, a, w, knots)
+    cr, c, *_ = cr_fit(m, a, w, knots)
     assert cr > 0.999
-    cr0, *_ = _cr_fit(m, torch.rand(5000, generator=g, dtype=torch.float64), w, knots)
+    cr0, *_ = cr_fit(m, torch.rand(5000, generator=g, dtype=torch.float64), w, knots)
     assert cr0 < 0.01

@@ -597,7 +597,7 @@ def test_core_progress_stages_are_known_to_the_progress_bar():
     assert tuple(name for name, _ in STAGE_WEIGHTS) == PROGRESS_STAGES and set(STAGE_TEXT) == set(PROGRESS_STAGES)
     known = set(PROGRESS_STAGES)
     stages = {}
-    for path in LIB_DIR.glob("*.py"):
+    for path in [*LIB_DIR.glob("*.py"), *LIB_DIR.glob("registration/*.py")]:
         if path.stem in ("train", "batch", "progress", "evaluate", "evaluate_gan"):
             continue  # not on the path of `mmreg register`
         for stage in re.findall(r"report\(\s*progress\s*,\s*\"(\w+)\"", path.read_text(encoding="utf-8")):

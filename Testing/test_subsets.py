@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from MultimodalRegistrationLib.errors import RegistrationError
-from MultimodalRegistrationLib.subsets import (axis_correspondence, enumerate_subsets, interpolate_slice_axis,
-                                               plan_for)
+from MultimodalRegistrationLib.registration.paper import (axis_correspondence, enumerate_subsets, interpolate_slice_axis,
+                                                         plan_for)
 from MultimodalRegistrationLib.volume import Volume, slice_axis
 from MultimodalRegistrationLab import simulate
 

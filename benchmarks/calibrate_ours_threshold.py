@@ -25,9 +25,12 @@ def main() -> int:
     a = ap.parse_args()
     import torch
     torch.set_num_threads(a.threads)
-    from MultimodalRegistrationLib import metrics
+    from MultimodalRegistrationLib import geometry, metrics
     from MultimodalRegistrationLab import simulate
-    from MultimodalRegistrationLib import register as R
+    from MultimodalRegistrationLib.registration import SearchNccParams, register
+    from MultimodalRegistrationLib.registration.images import robust_scale, signal_mask
+    from MultimodalRegistrationLib.registration.refine import Level, level_ncc
+    defaults = SearchNccParams()
 
     rng = np.random.default_rng(0)
     rows = []
@@ -38,30 +41,29 @@ def main() -> int:
                     header_shift_mm=30.0 if i % 2 else 10.0)
         case = simulate.simulate_case(srcs[name], seed=5000 + i, params=p)
         pts = metrics.overlap_points(case.coronal_t2, case.axial_t2, case.moving_to_fixed)
-        res = R.register(case.coronal_t2, case.axial_t2, "ours", seed=i)
+        res = register(case.coronal_t2, case.axial_t2, "ours", seed=i)
         tre = metrics.tre(res.moving_to_fixed, case.moving_to_fixed, pts)["mean"]
         rows.append({"case": i, "source": name, "kind": "ours", "tre": tre, "ncc": res.metric})
         # NCC of perturbed truths, on the same finest level as the method's final metric
         mov = np.asarray(case.coronal_t2.array, np.float32)
         fix = np.asarray(case.axial_t2.array, np.float32)
-        mov, fix = mov / R.robust_scale(mov), fix / R.robust_scale(fix)
-        lv = R.OURS_DEFAULTS["levels_mm"][-1]
-        lvl = R._Level(case.coronal_t2, mov, case.axial_t2, fix, R.signal_mask(fix, 0.08, 3), lv,
-                       R.OURS_DEFAULTS["profile_samples"], R.OURS_DEFAULTS["max_points"][-1], i, torch,
-                       torch.device("cpu"))
+        mov, fix = mov / robust_scale(mov), fix / robust_scale(fix)
+        lv = defaults.levels_mm[-1]
+        lvl = Level(case.coronal_t2, mov, case.axial_t2, fix, signal_mask(fix, 0.08, 3), lv,
+                    defaults.profile_samples, defaults.max_points[-1], i, torch.device("cpu"))
         rows.append({"case": i, "source": name, "kind": "truth", "tre": 0.0,
-                     "ncc": R._eval_ncc(case.moving_to_fixed, lvl, torch, torch.device("cpu"))})
-        c = R.geometry.apply(case.moving_to_fixed, pts.mean(0)[None])[0]
+                     "ncc": level_ncc(case.moving_to_fixed, lvl)})
+        c = geometry.apply(case.moving_to_fixed, pts.mean(0)[None])[0]
         for mm in (2.0, 3.0, 5.0, 10.0, 20.0):
             for _ in range(3):
                 d = rng.normal(size=3)
                 ax = rng.normal(size=3)
-                E = R.about(R.rotvec_matrix(np.radians(mm / 2.0) * ax / np.linalg.norm(ax)), c,
+                E = geometry.about(geometry.rotvec_matrix(np.radians(mm / 2.0) * ax / np.linalg.norm(ax)), c,
                             d / np.linalg.norm(d) * mm)
                 M = E @ case.moving_to_fixed
                 t = metrics.tre(M, case.moving_to_fixed, pts)["mean"]
                 rows.append({"case": i, "source": name, "kind": f"perturbed_{mm:g}mm", "tre": t,
-                             "ncc": R._eval_ncc(M, lvl, torch, torch.device("cpu"))})
+                             "ncc": level_ncc(M, lvl)})
         print(json.dumps(rows[-17]), flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def sample_golden() -> dict:
     one_thread()
     from MultimodalRegistrationLib import contract, sample
     from MultimodalRegistrationLib.pipeline import Params, run_case
-    from MultimodalRegistrationLib.register import METHODS
+    from MultimodalRegistrationLib.registration import METHODS
 
     out: dict = {"register": {}, "demo": None, "batch": None}
     paths = sample.sample_paths()
@@ -96,7 +96,7 @@ def real_golden() -> dict:
     from dataclasses import replace
     from MultimodalRegistrationLib import metrics
     from MultimodalRegistrationLab import evaluate_real, simulate
-    from MultimodalRegistrationLib.register import register
+    from MultimodalRegistrationLib.registration import register
     from MultimodalRegistrationLib.translate import load_translator
 
     out = {}

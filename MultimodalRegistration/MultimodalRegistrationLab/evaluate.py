@@ -72,8 +72,8 @@ def case_params(i: int, preset: str, hard_fraction: float, hard_rot: float, hard
 
 
 def run_method(method: str, case, params: dict, device: str, seed: int):
-    from MultimodalRegistrationLib.register import register
-    from MultimodalRegistrationLib import baselines
+    from MultimodalRegistrationLab import baselines
+    from MultimodalRegistrationLib.registration import register
     if method in ("ours", "paper"):
         return register(case.coronal_t2, case.axial_t2, method, params=params, device=device, seed=seed)
     if method == "mi":
@@ -244,8 +244,8 @@ def run_cli(args) -> int:
 
 def _reflag(row: dict) -> dict:
     """The method's success flag recomputed from its metric with the current documented threshold."""
-    from MultimodalRegistrationLib import register as R
-    thr = {"ours": (R.OURS_SUCCESS_NCC, 1.0), "paper": (R.PAPER_SUCCESS_MSE, -1.0), "mi": (R.MI_SUCCESS_METRIC, -1.0)}
+    from MultimodalRegistrationLib import registration as R
+    thr = {"ours": (R.SEARCH_NCC_SUCCESS_NCC, 1.0), "paper": (R.PAPER_SUCCESS_MSE, -1.0), "mi": (R.MI_SUCCESS_METRIC, -1.0)}
     m = row["method"]
     if m in thr:
         t, sgn = thr[m]

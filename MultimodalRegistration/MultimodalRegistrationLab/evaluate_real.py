@@ -81,7 +81,7 @@ def run_cli(args) -> int:
     limit_process_threads(args.threads)
     from MultimodalRegistrationLib import metrics
     from . import simulate
-    from MultimodalRegistrationLib.register import register
+    from MultimodalRegistrationLib.registration import register
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def run_cli(args) -> int:
                             if m == "greedy":
                                 M = greedy_rigid(case.coronal_cet1, case.axial_t2, args.threads)
                             elif m == "elastix":
-                                from MultimodalRegistrationLib.baselines import register_elastix
+                                from MultimodalRegistrationLab.baselines import register_elastix
                                 M = register_elastix(case.coronal_cet1, case.axial_t2).moving_to_fixed
                             else:
                                 r = register(case.coronal_cet1, case.axial_t2, m,

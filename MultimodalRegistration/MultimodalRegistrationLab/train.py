@@ -385,7 +385,8 @@ def run_cli(args) -> int:
 
     from MultimodalRegistrationLib.nicegan import NiceGanConfig
     from .synth import build_dataset, load_dataset, load_unpaired
-    from MultimodalRegistrationLib.translate import NORMALISATION, _resolve_device, default_checkpoint_path
+    from MultimodalRegistrationLib.device import resolve_device
+    from MultimodalRegistrationLib.translate import NORMALISATION, default_checkpoint_path
 
     set_threads(max(1, args.threads))
     paths = [Path(d) for d in args.data]
@@ -416,7 +417,7 @@ def run_cli(args) -> int:
     cfg = NiceGanConfig(ch=args.ch, n_res=args.n_res, img_size=int(A.shape[-1]))
     tr = Trainer(A, B, args.out, cfg, lr=args.lr, batch_size=args.batch_size, paired=paired,
                  paired_weight=args.paired_weight, encoder_in_g=not args.no_encoder_in_g, seed=args.seed,
-                 device=_resolve_device(args.device), val=val, data_desc=data_desc, command=cmd,
+                 device=resolve_device(args.device), val=val, data_desc=data_desc, command=cmd,
                  normalisation=normalisation, A_unpaired=A_unpaired, unpaired_prob=args.unpaired_prob)
     if A_unpaired is not None:
         data_desc["unpaired_cet1_slices"] = int(len(A_unpaired))

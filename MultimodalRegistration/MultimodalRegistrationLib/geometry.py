@@ -2,8 +2,10 @@
 
 Every transform in the core is a 4x4 homogeneous matrix acting on RAS points in mm. The
 registration result ``moving_to_fixed`` maps a point of the coronal (moving) world to the axial
-(fixed) world. ITK/SimpleITK use LPS and a fixed->moving point map: :func:`to_itk_fixed_to_moving`
-and :func:`from_itk_fixed_to_moving` are the only places that convert.
+(fixed) world. ITK/SimpleITK use LPS and a fixed->moving point map. This module is the one RAS/LPS
+bridge: transforms cross it with :func:`to_itk_fixed_to_moving` / :func:`from_itk_fixed_to_moving`,
+image geometry with :func:`lps_geometry` / :func:`affine_from_lps` (and :func:`volume_to_sitk` /
+:func:`sitk_to_volume` for SimpleITK images); the elastix and ANTs wrappers use the same functions.
 """
 from __future__ import annotations
 
@@ -73,6 +75,14 @@ def rotation_angle_deg(M: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def about(rotation: np.ndarray, center, translation=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 map p -> R (p - c) + c + t (R: a 3x3 rotation)."""
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = np.asarray(center) - rotation @ np.asarray(center) + np.asarray(translation, dtype=np.float64)
+    return out
+
+
 def apply(M: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Applies a 4x4 matrix to an (..., 3) array of points."""
     points = np.asarray(points, dtype=np.float64)
@@ -95,6 +105,42 @@ def to_itk_fixed_to_moving(moving_to_fixed_ras: np.ndarray) -> np.ndarray:
 def from_itk_fixed_to_moving(fixed_to_moving_lps: np.ndarray) -> np.ndarray:
     """ITK's fixed->moving LPS point map (e.g. a SimpleITK/elastix/ANTs result) to our contract."""
     return np.linalg.inv(ras_to_lps(fixed_to_moving_lps))
+
+
+def lps_geometry(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The LPS origin (3,) and direction cosines (3x3, columns = voxel axes) of ``vol``, as ITK wants them."""
+    flip = RAS_LPS[:3, :3]
+    return flip @ vol.affine[:3, 3], flip @ vol.direction
+
+
+def affine_from_lps(origin_lps, direction_lps, spacing) -> np.ndarray:
+    """Our RAS voxel-to-world affine from ITK's LPS origin, direction (3x3) and spacing."""
+    flip = RAS_LPS[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = flip @ np.asarray(direction_lps, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+    affine[:3, 3] = flip @ np.asarray(origin_lps, dtype=np.float64)
+    return affine
+
+
+def volume_to_sitk(vol: Volume, dtype=np.float32):
+    """A SimpleITK image with the volume's geometry (RAS affine -> LPS origin/direction)."""
+    import SimpleITK as sitk
+
+    arr = np.asarray(vol.array, dtype=dtype)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))   # (i,j,k) -> (z,y,x)
+    origin, direction = lps_geometry(vol)
+    img.SetSpacing([float(s) for s in vol.spacing])
+    img.SetOrigin([float(v) for v in origin])
+    img.SetDirection([float(v) for v in direction.ravel()])
+    return img
+
+
+def sitk_to_volume(img) -> Volume:
+    """The SimpleITK image as a Volume (LPS origin/direction -> RAS affine)."""
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    return Volume(arr, affine_from_lps(img.GetOrigin(), img.GetDirection(), img.GetSpacing()))
 
 
 def sitk_transform_to_matrix(tx) -> np.ndarray:

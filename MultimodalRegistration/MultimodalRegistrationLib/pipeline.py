@@ -95,8 +95,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     one-line messages; on such an error nothing has been written.
     """
     params = params or Params()
-    from .register import canonical_method, register
-    from .translate import _resolve_device
+    from .device import resolve_device
+    from .registration import canonical_method, register
 
     method = canonical_method(params.method)
     if method != params.method:
@@ -139,7 +139,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
                 t = time.perf_counter()
                 moving = cor
                 result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
-                                  device=_resolve_device(params.device), seed=params.seed)
+                                  device=resolve_device(params.device), seed=params.seed)
                 timings["register"] = time.perf_counter() - t
                 synth, timings["translate"] = synth_job.result()
             report(progress, "translate", 1, 1)
@@ -149,7 +149,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
             t = time.perf_counter()
             moving = cor if method in ("mi", "search-cr") else synth
             result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
-                              device=_resolve_device(params.device), seed=params.seed)
+                              device=resolve_device(params.device), seed=params.seed)
             timings["register"] = time.perf_counter() - t
         polish = method in ("search-ncc", "search-cr") and (
             params.polish == "always" or (params.polish == "auto" and method == "search-ncc" and not result.success))
@@ -311,10 +311,10 @@ def _torch_threads(n: int):
 
 
 def _polish(result, cor: Volume, ax: Volume, seed: int, progress):
-    """MI refinement of the NCC result on the original ceT1 (see polish.py); returns a new result."""
+    """MI refinement of the NCC result on the original ceT1 (see registration/mi.py); returns a new result."""
     from dataclasses import replace
 
-    from .polish import POLISH_SUCCESS_MI, mi_polish
+    from .registration.mi import POLISH_SUCCESS_MI, mi_polish
 
     report(progress, "polish", 0, 1)
     r = mi_polish(cor, ax, {"ncc": np.asarray(result.moving_to_fixed), "header": np.eye(4)}, seed=seed)

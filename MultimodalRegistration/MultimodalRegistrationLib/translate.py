@@ -33,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from .device import resolve_device
 from .errors import CheckpointError, InputError
 from .progress import ProgressFn, add_progress_argument, progress_from_args, report
 from .volume import Volume, atomic_write, load_volume, save_volume, slice_axis
@@ -194,18 +195,6 @@ class NoneTranslator(Translator):
         out = vol.with_array(normalise01(vol.array, lo, hi))
         report(progress, "translate", 1, 1)
         return out
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but no CUDA device is available (use --device cpu)")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
 
 
 def to_square(slices: np.ndarray, size: int, fill: float = -1.0):
@@ -433,7 +422,7 @@ def load_translator(spec: str = "default", device: str = "auto") -> Translator:
         return NoneTranslator()
     else:
         path = pathlib.Path(spec)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model, meta = load_checkpoint(path, dev)
     return GanTranslator(model, meta, path, dev)
 
