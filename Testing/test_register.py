@@ -184,6 +184,18 @@ def test_search_cr_flags_a_wrong_result_and_the_backward_run_rescues_it(cases):
     assert _tre(case, r.moving_to_fixed, case.coronal_cet1)["mean"] < 5.0 and r.details["consistency"]["mm"] < 5.0
 
 
+def test_search_cr_directions_on_two_threads_give_the_serial_result(cases, monkeypatch):
+    """The forward and backward registrations run at once when two cores may be used; each is
+    deterministic on its own, so the result is the serial one to the last bit."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    case = _with_header_error(cases[1], 12.0, 20.0)       # a case that needs the rescue and a second pass too
+    runs = {c: register(case.coronal_cet1, case.axial_t2, "search-cr", params={"concurrent": c}) for c in (True, False)}
+    assert runs[True].details["consistency"]["directions_run_concurrently"] is True
+    assert runs[False].details["consistency"]["directions_run_concurrently"] is False
+    assert np.array_equal(runs[True].moving_to_fixed, runs[False].moving_to_fixed)
+    assert runs[True].details["consistency"]["passes"] == runs[False].details["consistency"]["passes"]
+
+
 def test_search_cr_without_check_says_success_is_unknown(fast_case):
     r = register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"consistency": False})
     assert r.success is None and "unknown" in r.details["success_note"]

@@ -271,13 +271,9 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
 
 
 def _workers() -> int:
-    """Threads for the pipeline's independent jobs: the CPU share this process was given
-    (``OMP_NUM_THREADS``, as ``mmreg batch --threads`` sets it per case), at most 2."""
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
-    except (ValueError, AttributeError):
-        n = os.cpu_count() or 1
-    return max(1, min(2, n))
+    """Threads for the pipeline's independent jobs (at most 2; threads.cpu_share)."""
+    from .threads import cpu_share
+    return cpu_share(2)
 
 
 def _timed(fn, *args):

@@ -44,3 +44,18 @@ def limit_process_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except (ImportError, RuntimeError):
         pass
+
+
+def cpu_share(most: int = 2) -> int:
+    """How many cores this process should keep busy, at most ``most``: ``OMP_NUM_THREADS`` when set (what
+    ``mmreg batch --threads`` gives each case), else the CPUs this process may run on."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:      # not on Linux
+            n = os.cpu_count() or 1
+    return max(1, min(int(most), n))

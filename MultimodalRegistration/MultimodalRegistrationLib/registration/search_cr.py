@@ -7,11 +7,14 @@ forward estimate (a second pass); consistent estimates are averaged (their rigid
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from .. import geometry
 from ..metrics import overlap_points
+from ..threads import cpu_share
 from ..volume import Volume
 from .params import SearchCrParams, SearchNccParams
 from .pyramid import shrink_inplane
@@ -47,20 +50,36 @@ def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward:
     return float(np.linalg.norm(by_forward - by_backward, axis=1).mean())
 
 
-def _forward_backward(moving, fixed, fixed_1mm, fwd, p_fwd: SearchNccParams, p_bwd: SearchNccParams, tol,
-                      rescue, device, seed):
-    """The backward registration for the forward result ``fwd`` and their disagreement (mm), with the
-    rescue: when they disagree, each direction is refined again from the other's result and keeps
-    whichever of its two results its own metric prefers (one of them may sit in a local optimum that
-    the other's result escapes). Returns (fwd, bwd, mm, which directions took the other's start)."""
-    bwd = register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device, seed=seed + 1)
+def _pair(pool, forward_job, backward_job):
+    """Runs the two independent directions at once on ``pool`` (None: one after the other); returns
+    (forward result, backward result). Each direction is deterministic on its own (one torch thread,
+    its own seed), so running them together changes the time, not the results."""
+    if pool is None:
+        return forward_job(), backward_job()
+    fb = pool.submit(backward_job)
+    return forward_job(), fb.result()
+
+
+def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccParams, p_bwd: SearchNccParams, tol,
+                      rescue, device, seed, pool):
+    """The forward (``forward_job()``, or a finished result) and backward registrations and their
+    disagreement (mm), with the rescue: when they disagree, each direction is refined again from the
+    other's result and keeps whichever of its two results its own metric prefers (one of them may sit in
+    a local optimum that the other's result escapes). Returns (fwd, bwd, mm, which directions took the
+    other's start)."""
+    fwd, bwd = _pair(pool, forward_job,
+                     lambda: register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device,
+                                                 seed=seed + 1))
     mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
     swapped = []
     if not (np.isfinite(mm) and mm <= tol) and rescue:
         from_bwd = p_fwd.replace(init="header", initial_transform=np.linalg.inv(bwd.moving_to_fixed))
-        f2 = register_search_ncc(moving, fixed, params=from_bwd, progress=None, device=device, seed=seed)
         from_fwd = p_bwd.replace(init="header", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
-        b2 = register_search_ncc(fixed_1mm, moving, params=from_fwd, progress=None, device=device, seed=seed + 1)
+        f2, b2 = _pair(pool,
+                       lambda: register_search_ncc(moving, fixed, params=from_bwd, progress=None, device=device,
+                                                   seed=seed),
+                       lambda: register_search_ncc(fixed_1mm, moving, params=from_fwd, progress=None,
+                                                   device=device, seed=seed + 1))
         if np.isfinite(f2.metric) and f2.metric > fwd.metric:
             fwd = f2
             swapped.append("forward")
@@ -75,13 +94,30 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams 
                        device: str = "cpu", seed: int = 0) -> RegistrationResult:
     """The default method (see the module docstring); ``params``: :class:`~.params.SearchCrParams`."""
     params = params or SearchCrParams()
+    want = int(params.torch_threads or torch.get_num_threads())
+    before = torch.get_num_threads()
+    if want != before:      # set once for both directions (torch's setting is process-wide)
+        torch.set_num_threads(want)
+    # the backward direction on a second thread while the forward one runs on this one
+    pool = ThreadPoolExecutor(max_workers=1) if params.consistency and params.concurrent and cpu_share(2) > 1 \
+        else None
+    try:
+        return _register_search_cr(moving, fixed, params, progress, device, seed, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if want != before:
+            torch.set_num_threads(before)
+
+
+def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device, seed, pool) -> RegistrationResult:
     tol = float(params.consistency_mm)
     t0 = time.perf_counter()
     p_fwd = params.engine()
-    fwd = register_search_ncc(moving, fixed, params=p_fwd, progress=progress, device=device, seed=seed)
-    result = fwd.moving_to_fixed
-    details = dict(fwd.details)
-    details["similarity"] = "correlation ratio (fixed given moving), search on gradient magnitude"
+
+    def forward(p=p_fwd, prog=progress):
+        return register_search_ncc(moving, fixed, params=p, progress=prog, device=device, seed=seed)
+
     success = None
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
@@ -98,22 +134,26 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams 
                 # (a rotation beyond the search lattice is reached in two steps)
                 p_fwd = p_fwd.replace(init="search", initial_transform=fwd.moving_to_fixed)
                 p_bwd = p_bwd.replace(init="search", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
-                f_new = register_search_ncc(moving, fixed, params=p_fwd, progress=None, device=device, seed=seed)
+                job = (lambda p=p_fwd: forward(p, None))
             else:
-                f_new = fwd
-            f_new, b_new, d_new, swapped = _forward_backward(moving, fixed, fixed_1mm, f_new, p_fwd, p_bwd, tol,
-                                                             params.rescue, device, seed)
+                job = forward
+            f_new, b_new, d_new, swapped = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
+                                                             params.rescue, device, seed, pool)
             history.append({"pass": k + 1, "mm": d_new, "restarted_from_the_other": swapped})
+            if k == 0:
+                first_fwd = f_new
             if k == 0 or d_new < mm:
                 fwd, bwd, mm = f_new, b_new, d_new
             if np.isfinite(mm) and mm <= tol:
                 break
+        details = dict(first_fwd.details)
         result = fwd.moving_to_fixed
         details["consistency"] = {"mm": mm, "threshold_mm": tol, "backward_metric": float(bwd.metric),
                                   "restarted_from_the_other": history[0]["restarted_from_the_other"],
                                   "passes": history,
                                   "backward_fixed_to_moving_ras": np.asarray(bwd.moving_to_fixed).tolist(),
-                                  "forward_moving_to_fixed_ras": np.asarray(fwd.moving_to_fixed).tolist()}
+                                  "forward_moving_to_fixed_ras": np.asarray(fwd.moving_to_fixed).tolist(),
+                                  "directions_run_concurrently": pool is not None}
         success = bool(np.isfinite(mm) and mm <= tol)
         if success and params.symmetric:
             # two independent estimates that agree: their rigid mean halves the error variance
@@ -122,8 +162,12 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams 
         else:
             details["result"] = "forward estimate"
     else:
+        fwd = forward()
+        result = fwd.moving_to_fixed
+        details = dict(fwd.details)
         details["consistency"] = None
         details["success_note"] = "no consistency check was run (consistency=False): success is unknown"
+    details["similarity"] = "correlation ratio (fixed given moving), search on gradient magnitude"
     details["seconds"] = dict(details.get("seconds", {}), total=round(time.perf_counter() - t0, 4))
     details["level_ncc"] = fwd.details.get("level_ncc")
     return RegistrationResult(moving_to_fixed=result, method="search-cr", metric=float(fwd.metric),
