@@ -193,6 +193,14 @@ class SearchCrParams(SearchNccParams):
     fixed_mask_frac: float = 0.0         # every fixed voxel counts (the head outline against the background)
     cr_bins: int = 16
     also_search_from_center: bool = True
+    # headers off by up to 30 deg (issue 11): the rotation lattice reaches 30 deg in 10 deg steps (123
+    # rotations) on a 16 mm grid, the 4 best again on the 8 mm grid; at 15 deg / 7.5 deg on a 12 mm grid a
+    # 24 deg offset was found by neither direction, and the rescue made them agree on a 35 mm error.
+    # About +25% of the search's time (benchmarks/results/real_suite_v2/README.md)
+    search_rot_deg: float = 30.0
+    search_rot_step_deg: float = 10.0
+    search_coarse_grid_mm: float = 16.0
+    search_keep: int = 4
     iterations: Tuple[int, ...] = (40, 30)   # LM on the ratio converges more slowly than on NCC (it stops once converged)
     success_ncc: float = 0.0             # not used: success comes from the consistency check
     consistency: bool = True             # run the backward registration as well
