@@ -139,3 +139,25 @@ def test_one_thread_setting():
     files = [*lib.glob("batch/*.py"), lib / "cli.py", lib / "pipeline.py", *Path(simulate.__file__).parent.glob("*.py")]
     setters = [p.name for p in files if "set_num_threads(" in p.read_text() or "SetGlobalDefaultNumberOfThreads(" in p.read_text()]
     assert setters == [], setters
+
+
+def _register_args(*extra):
+    from MultimodalRegistrationLib import cli
+    return cli.build_parser().parse_args(["register", "--coronal", "c.nii.gz", "--axial", "a.nii.gz",
+                                          "--out", "o", *extra])
+
+
+def test_init_option_sets_where_the_search_engines_start():
+    from MultimodalRegistrationLib import cli
+    from MultimodalRegistrationLib.errors import InputError
+
+    assert cli.params_from_args(_register_args()).method_params == {}
+    assert cli.params_from_args(_register_args("--init", "center")).method_params == {"init": "center"}
+    assert cli.params_from_args(_register_args("--init", "header", "--method", "search-ncc")).method_params == \
+        {"init": "search"}
+    # paper and mi always start from the image centres: --init center is what they do, header is refused
+    assert cli.params_from_args(_register_args("--init", "center", "--method", "mi")).method_params == {}
+    with pytest.raises(InputError, match="image centres"):
+        cli.params_from_args(_register_args("--init", "header", "--method", "paper"))
+    with pytest.raises(InputError, match="not both"):
+        cli.params_from_args(_register_args("--init", "center", "--param", "init=header"))

@@ -54,6 +54,10 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--translator", default="default",
                    help="'default' (bundled NICE-GAN), 'none' (intensity normalisation only) or a .safetensors path")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--init", choices=("header", "center"), default=None,
+                   help="where search-cr/search-ncc start: header (default: the files' positions, then a "
+                        "global search) or center (the image centres, for headers whose positions are "
+                        "meaningless). paper and mi always start from the image centres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-mode", choices=("linear", "nearest"), default="linear",
                    help="label interpolation: per-label linear + argmax (default) or nearest neighbour")
@@ -85,9 +89,20 @@ def parse_method_params(items) -> dict:
 def params_from_args(args):
     from .pipeline import Params
 
+    method_params = parse_method_params(args.param)
+    init = getattr(args, "init", None)
+    if init is not None:
+        if args.method in ("paper", "mi"):
+            if init == "header":
+                raise InputError(f"--init header: --method {args.method} always starts from the image centres "
+                                 f"(as in the paper); use search-cr or search-ncc to start from the headers")
+        elif "init" in method_params:
+            raise InputError("give either --init or --param init=..., not both")
+        else:
+            method_params["init"] = "center" if init == "center" else "search"
     return Params(method=args.method, translator=args.translator, device=args.device, seed=args.seed,
                   label_mode=args.label_mode, force_orientation=args.force_orientation,
-                  method_params=parse_method_params(args.param), polish=args.polish,
+                  method_params=method_params, polish=args.polish,
                   report_png=not args.no_figure)
 
 
@@ -97,7 +112,8 @@ def cmd_register(args) -> int:
     t = run_case(args.coronal, args.axial, args.out, coronal_labels=args.coronal_labels,
                  axial_labels=args.axial_labels, params=params_from_args(args),
                  progress=progress_from_args(args))
-    status = "success" if t["success"] else "FLAGGED UNSUCCESSFUL (check report.png)"
+    status = {True: "success", False: "FLAGGED UNSUCCESSFUL (check report.png)"}.get(
+        t["success"], "success unknown (no calibrated check; see report.png)")
     print(f"{t['method']}: metric {t['metric']:.6g}, {status}, {t['seconds']:.1f} s, translator {t['translator']}"
           f" -> {args.out}")
     return 0
