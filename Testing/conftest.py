@@ -1,5 +1,10 @@
 """Shared fixtures and the one rule for tests that need the real data folder.
 
+The suite is organised like the code: ``unit/`` (one module or package of the core at a time),
+``e2e/`` (the command line, the pipeline, batch, the demo, the review page and the golden outputs:
+marked ``slow`` automatically) and ``slicer/`` (the Slicer module against strict stand-ins, the
+packaging of the extension). A quick run: ``python3 -m pytest -q -m "not slow"``.
+
 The real data (``../shared/data`` beside the checkout, or ``$MMREG_DATA``) is not shipped: a fresh
 clone has none. Every test that reads it is marked ``data`` and is skipped, with the missing path as
 the reason, when the data is absent:
@@ -36,7 +41,7 @@ DATA_FIXTURES = ("data_root", "brats_source", "fast_case")
 #: Node ids (relative to Testing/) of data tests in files whose owners add the marker themselves.
 DATA_TESTS = {
     # renders from ../shared/data/real/MNI152_T1_2mm.nii.gz (the head); without it the render is brain-only
-    "test_translate.py::test_bundled_gan_beats_unconverted_on_rendered_pair": ("real/MNI152_T1_2mm.nii.gz",),
+    "unit/test_translate.py::test_bundled_gan_beats_unconverted_on_rendered_pair": ("real/MNI152_T1_2mm.nii.gz",),
 }
 
 
@@ -51,6 +56,8 @@ def missing_data(paths=(DEFAULT_DATA_PATH,)):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         nodeid = item.nodeid.split("Testing/", 1)[-1]
+        if nodeid.startswith("e2e/"):
+            item.add_marker(pytest.mark.slow)
         if nodeid.split("[", 1)[0] in DATA_TESTS:
             item.add_marker(pytest.mark.data(*DATA_TESTS[nodeid.split("[", 1)[0]]))
         elif item.get_closest_marker("data") is None and any(f in item.fixturenames for f in DATA_FIXTURES):

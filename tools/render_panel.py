@@ -12,7 +12,7 @@ Writes ``Resources/Screenshots/panel.png`` (Advanced collapsed, as in Slicer),
 ``transform.json`` exactly as the module does, and copies ``DIR/report.png`` to
 ``Resources/Screenshots/results.png`` for the README and the Extensions Index.
 
-The CTK/qMRML classes are replaced by the stand-ins of ``Testing/slicer_stubs.py``; node selectors
+The CTK/qMRML classes are replaced by the stand-ins of ``Testing/slicer/slicer_stubs.py``; node selectors
 show the names the bundled sample case gets in the scene. The pictures are therefore PySide6 renders
 with stand-in widgets, not captures of 3D Slicer, and must be captioned so wherever they are shown
 (docs/SLICER.md, README.md, the screenshot list in CMakeLists.txt). ``results.png`` is the core's own
@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing"))
+sys.path.insert(0, str(ROOT / "Testing" / "slicer"))
 sys.path.insert(0, str(ROOT / "MultimodalRegistration"))
 
 UI_FILE = ROOT / "MultimodalRegistration" / "Resources" / "UI" / "MultimodalRegistration.ui"

@@ -13,7 +13,7 @@ works from the source tree but is absent from the packaged extension. Listed:
 * resources: every file under ``MultimodalRegistration/Resources/``.
 
 Caches, dot-files and build products (``__pycache__``, ``*.pyc``, ``*.egg-info``) are ignored.
-``Testing/test_slicer_packaging.py`` checks the same rule.
+``Testing/slicer/test_slicer_packaging.py`` checks the same rule.
 """
 from __future__ import annotations
 

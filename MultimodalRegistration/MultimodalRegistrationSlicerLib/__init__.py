@@ -8,7 +8,7 @@ Test); what they use lives here. Two kinds of files:
   non-blocking child process and its progress), :mod:`.results` (checks and summaries of a run's
   outputs, the self-test's metrics), :mod:`.labelmaps` (label maps on their image's grid),
   :mod:`.requirements` (the core's Python packages: which are missing), :mod:`.task` (one run's state);
-* Slicer-side (import ``slicer``; run inside Slicer, or against Testing/fake_slicer.py):
+* Slicer-side (import ``slicer``; run inside Slicer, or against Testing/slicer/fake_slicer.py):
   :mod:`.scene` (export of the inputs, import of the results), :mod:`.dependencies` (installing the
   packages), :mod:`.sampledata` (the bundled sample case in the Sample Data module).
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODULE_PY = Path(__file__).resolve().parents[1] / "MultimodalRegistration" / "MultimodalRegistration.py"
+MODULE_PY = Path(__file__).resolve().parents[2] / "MultimodalRegistration" / "MultimodalRegistration.py"
 
 
 # =============================================================================================== vtk

@@ -491,7 +491,7 @@ def test_ctrl_c_with_workers_stops_quickly_and_leaves_no_half_case(tmp_path):
     cs = [_make_case(d, "a"), _make_case(d, "b", cor_name="slow_coronal.nii.gz"),
           _make_case(d, "c", cor_name="slow_coronal.nii.gz"), _make_case(d, "d")]
     out = tmp_path / "out"
-    paths = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "MultimodalRegistration")]
+    paths = [str(Path(__file__).parent), str(Path(__file__).parents[2] / "MultimodalRegistration")]
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(paths=paths, out=str(out),
                                     cases=[(c.case_id, str(c.coronal), str(c.axial)) for c in cs]))
@@ -653,7 +653,7 @@ def test_killed_writer_never_replaces_the_destination(tmp_path):
     dest = tmp_path / "big.nii.gz"
     code = (
         "import sys, numpy as np\n"
-        f"sys.path.insert(0, {str(Path(__file__).parents[1] / 'MultimodalRegistration')!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[2] / 'MultimodalRegistration')!r})\n"
         "from MultimodalRegistrationLib.volume import Volume, save_volume\n"
         "arr = np.random.default_rng(0).random((200, 200, 200)).astype(np.float32)\n"
         "print('ready', flush=True)\n"

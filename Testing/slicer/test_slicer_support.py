@@ -344,7 +344,7 @@ def test_dice_per_label():
 
 
 # ---------------------------------------------------------------------------- the real core CLI
-LIB = Path(__file__).resolve().parents[1] / "MultimodalRegistration"
+LIB = Path(__file__).resolve().parents[2] / "MultimodalRegistration"
 SAMPLE = LIB / "Resources" / "SampleData"
 
 

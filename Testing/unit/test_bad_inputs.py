@@ -19,7 +19,7 @@ import pytest
 
 from MultimodalRegistrationLib import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 COR = np.array([[-1.0, 0, 0, 20], [0, 0, 3.0, -10], [0, 1.0, 0, -20], [0, 0, 0, 1]])  # slices along A
 AX = np.diag([1.0, 1.0, 3.0, 1.0])                                                    # slices along S

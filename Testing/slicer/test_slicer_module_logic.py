@@ -1,6 +1,6 @@
 """The module's Logic driven outside Slicer: start, progress, finish, failure and cancel.
 
-``slicer``/``vtk``/``qt`` are the strict stand-ins of Testing/fake_slicer.py (inputs are exported
+``slicer``/``vtk``/``qt`` are the strict stand-ins of Testing/slicer/fake_slicer.py (inputs are exported
 through the stand-in storage node as real NIfTI files) and ``PythonSlicer`` is a small
 script put first on PATH that behaves like the core's CLI (progress lines on stderr, outputs in
 ``--out``), so the real ``startRegistration`` -> child process -> ``_poll`` -> ``_finish`` path of
@@ -23,7 +23,7 @@ from MultimodalRegistrationLib.contract import OutputError, read_transform_json
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fake PythonSlicer is a POSIX script")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_slicer
 
 FAKE_PYTHONSLICER = textwrap.dedent('''\

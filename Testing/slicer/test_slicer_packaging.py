@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_NAME = "MultimodalRegistration"
 MODULE_DIR = ROOT / MODULE_NAME
 MODULE_PY = MODULE_DIR / f"{MODULE_NAME}.py"

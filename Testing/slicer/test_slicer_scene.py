@@ -1,7 +1,7 @@
 """Where the module puts labels in the scene, on the first Apply and on a second one.
 
 Runs the module's real Logic (export -> child process -> import) against the strict stand-ins of
-Testing/fake_slicer.py, whose scene models parent transforms and the segmentation logic's transform
+Testing/slicer/fake_slicer.py, whose scene models parent transforms and the segmentation logic's transform
 handling as Slicer's sources do. ``PythonSlicer`` is a small script that acts as the core: it reads
 the exported NIfTI inputs, writes a known registration ``T`` (moving -> fixed RAS) and the label maps
 resampled through ``T``, each on the grid of the other stack, as the output contract says.

@@ -15,7 +15,7 @@ from MultimodalRegistrationLib.errors import CheckpointError, InputError  # noqa
 from MultimodalRegistrationLib.nicegan import InferenceModel, NiceGan, NiceGanConfig  # noqa: E402
 from MultimodalRegistrationLib.volume import Volume, slice_axis  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("MMREG_DATA", ROOT.parent / "shared" / "data"))
 TINY = NiceGanConfig(ch=8, n_res=1, img_size=32)
 
