@@ -7,11 +7,9 @@ applies the transform to the original ceT1 and the labels, and writes the output
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +22,7 @@ from . import __version__, geometry, labels as labels_mod
 from .contract import FUSED_CHANNELS, OUTPUT_FILES
 from .errors import InputError
 from .progress import ProgressFn, report
+from .threads import cpu_share, torch_threads
 from .volume import Volume, atomic_write, check_labels_match, load_volume, obliquity_deg, plane, save_volume
 
 
@@ -134,7 +133,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         t = time.perf_counter()
         if concurrent:
             report(progress, "translate", 0, 1)
-            with _torch_threads(1):
+            with torch_threads(1):
                 synth_job = pool.submit(_timed, translator.convert, cor, "ceT1-to-T2")
                 t = time.perf_counter()
                 moving = cor
@@ -272,7 +271,6 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
 
 def _workers() -> int:
     """Threads for the pipeline's independent jobs (at most 2; threads.cpu_share)."""
-    from .threads import cpu_share
     return cpu_share(2)
 
 
@@ -290,20 +288,6 @@ def _run_now(fn, *args, **kwargs) -> Future:
     except BaseException as exc:
         fut.set_exception(exc)
     return fut
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """torch's (process-wide) intra-op thread count set to ``n`` inside the block, when torch is in use."""
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    if torch is not None and before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch is not None and before != n:
-            torch.set_num_threads(before)
 
 
 def _polish(result, cor: Volume, ax: Volume, seed: int, progress):

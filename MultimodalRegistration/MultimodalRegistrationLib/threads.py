@@ -7,7 +7,9 @@ for the same thread count (docs/BATCH.md).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Optional
 
 #: what OpenMP, MKL, OpenBLAS, numexpr and ITK (elastix, ANTs) read when they start their thread pools
@@ -59,3 +61,18 @@ def cpu_share(most: int = 2) -> int:
         except AttributeError:      # not on Linux
             n = os.cpu_count() or 1
     return max(1, min(int(most), n))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's (process-wide) intra-op thread count set to ``n`` inside the block, when torch is in use
+    (the pipeline's two concurrent jobs take one thread each)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None and before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch is not None and before != n:
+            torch.set_num_threads(before)

@@ -333,11 +333,12 @@ def save_volume(vol: Volume, path: str | os.PathLike, *, dtype=None, extra_dims:
     # The same single-file NIfTI nibabel writes, gzip-compressed by ISA-L when installed (about 9x
     # faster than zlib at the same ratio; any gzip reader opens it), else by zlib at nibabel's level 1.
     raw = img.to_bytes()
+    return atomic_write(path, lambda tmp: _write_file(tmp, gzip_compress(raw)), suffix=suffix)
 
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            fh.write(gzip_compress(raw))
-    return atomic_write(path, write, suffix=suffix)
+
+def _write_file(path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 def gzip_compress(data: bytes) -> bytes:

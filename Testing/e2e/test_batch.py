@@ -621,9 +621,13 @@ def test_cli_batch_end_to_end_resume_and_determinism(tmp_path, sim_folder, capsy
 
 # ----------------------------------------------------------------------------- atomic writes
 
-def test_interrupted_write_leaves_no_truncated_nifti(tmp_path, monkeypatch):
-    """Ctrl-C in the middle of writing a NIfTI: the destination keeps its old bytes, no temp file stays."""
-    dest = tmp_path / "vol.nii.gz"
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_interrupted_write_leaves_no_truncated_nifti(tmp_path, monkeypatch, suffix):
+    """Ctrl-C in the middle of writing a NIfTI: the destination keeps its old bytes, no temp file stays.
+    (.nii.gz is written by volume._write_file after compression, .nii by nibabel.)"""
+    from MultimodalRegistrationLib import volume as volume_mod
+
+    dest = tmp_path / f"vol{suffix}"
     save_volume(Volume(np.arange(64, dtype=np.float32).reshape(4, 4, 4), AX_AFFINE), dest)
     old = dest.read_bytes()
     real_save = nib.save
@@ -634,12 +638,18 @@ def test_interrupted_write_leaves_no_truncated_nifti(tmp_path, monkeypatch):
             f.truncate(20)
         raise KeyboardInterrupt
 
+    def write_half_then_interrupt(filename, data):
+        with open(filename, "wb") as f:
+            f.write(data[:20])
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(nib, "save", half_then_interrupt)
+    monkeypatch.setattr(volume_mod, "_write_file", write_half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         save_volume(Volume(np.zeros((8, 8, 8), np.float32) + 3, AX_AFFINE), dest)
     monkeypatch.undo()
     assert dest.read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"vol{suffix}"]
     assert load_volume(dest).shape == (4, 4, 4)
 
 

@@ -91,7 +91,7 @@ def _is_killed_worker(exc: BaseException) -> bool:
     return type(exc).__name__ == "KilledWorker"
 
 
-def run_dask(todo: list[Task], out: Path, *, jobs: int, threads: Optional[int], tracker: Tracker,
+def run_dask(todo: list[Task], *, jobs: int, threads: Optional[int], tracker: Tracker,
              record: Callable[[CaseResult], None], case_timeout: Optional[float] = None,
              address: Optional[str] = None, note: Optional[Callable[[str], None]] = None) -> None:
     try:

@@ -78,7 +78,7 @@ def validate_case_id(case_id: str, where: str = "") -> str:
     return cid
 
 
-def _resolve_input(value: str, base: Path, what: str) -> Path:
+def _resolve_input(value: str, base: Path) -> Path:
     p = Path(os.path.expanduser(value.strip()))
     if not p.is_absolute():
         p = base / p
@@ -132,7 +132,7 @@ def read_manifest(path) -> list[Case]:
                 if role in REQUIRED_ROLES:
                     raise ManifestError(f"{where} (case {cid!r}) has no {role} path")
                 continue
-            kw[role] = _resolve_input(v, base, role)
+            kw[role] = _resolve_input(v, base)
         cases.append(Case(cid, **kw))
     if not cases:
         raise ManifestError(f"manifest '{path}' lists no cases")

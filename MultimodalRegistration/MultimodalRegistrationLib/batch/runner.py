@@ -124,7 +124,7 @@ def run_batch(cases: list[Case], out, params=None, *, jobs: int = 1, run_case: O
         try:
             if todo and executor == "dask":
                 from .dask_executor import run_dask
-                run_dask(todo, out, jobs=jobs, threads=threads, tracker=tracker, record=record,
+                run_dask(todo, jobs=jobs, threads=threads, tracker=tracker, record=record,
                          case_timeout=case_timeout, address=dask_address, note=note)
             elif todo:
                 from .local import on_worker_event, run_pool
