@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Issue 12 lever ablation: run4's paired training set (benchmarks/gan_data_v4.sh steps 1-2) WITHOUT the
-# SynthSeg-style contrast randomisation. D: an output folder outside the repository. ~8 min on one shared core.
+# SynthSeg-style contrast randomisation. D: an output folder outside the repository. ~10 min on one shared core.
 #
 # Same seed (4), same real cases, same 16 renders x 40 slices, same strip fraction, tissue-peak normalisation.
 # --contrast-jitter is 1e-9, not 0: synth draws the jitter's random numbers only when the jitter is > 0, so
 # 0 would shift the random stream after the first render's first tissue and give other renders (anatomy
-# variants, tumours, slice positions) than train128_v4b. With 1e-9 the same numbers are drawn and the
-# multipliers exp(1e-9 * N(0,1)) and the ceT1 gamma equal 1 to float32 precision: the renders are v4b's
-# renders minus the contrast randomisation. Step 1 leaves out v4's --unpaired-cet1 part (extracted after the
-# renders, so it does not change the paired slices, and step 2 of v4 dropped it anyway).
-# The real BraTS slices come first in synth's random stream: they are identical to v4b's (checked by
-# benchmarks/gan_ablation_check_data.py).
+# variants, tumours, sequence parameters) than train128_v4b. With 1e-9 the same numbers are drawn and the
+# multipliers exp(1e-9 * N(0,1)) and the ceT1 gamma equal 1 to float32 precision, so every render has v4b's
+# draws (tumour, TR/TE, ...) without the contrast randomisation (benchmarks/gan_ablation_check_data.py).
+# Step 1 leaves out v4's --unpaired-cet1 part (extracted after the renders, so it does not change the paired
+# slices, and v4's step 2 dropped it anyway).
+# NOT identical to v4b apart from the jitter: synth's slice picking changed after v4 was built (in commit baa2593:
+# a slice needs foreground on both contrasts), so the slice positions differ, in the real BraTS slices too
+# (same 3 patients, 160 slices each), no empty-target slice is left for step 2 to drop, and the set has
+# 1120 pairs instead of 1096.
 set -euo pipefail
 D=${D:-/work/gan12_runs/data}
 export OMP_NUM_THREADS=1 PYTHONPATH=${PYTHONPATH:-MultimodalRegistration}
