@@ -12,6 +12,7 @@ from pathlib import Path
 ROWS = [
     ("init_tissuepeak", "init: previous bundle, tissue-peak input (0 it.)"),
     ("tp_only", "(1) tissue-peak only"),
+    ("tp_only_seed1", "(1') tissue-peak only, seed 1"),
     ("tp_jitter", "(2) tissue-peak + contrast jitter"),
     ("tp_unpaired", "(4) tissue-peak + unpaired tcia_vs"),
     ("run4_iter1000", "(3) all three (run4, it. 1000)"),
