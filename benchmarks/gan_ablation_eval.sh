@@ -7,7 +7,7 @@ set -euo pipefail
 NAME=$1 CKPT=$2
 export OMP_NUM_THREADS=1 PYTHONPATH=${PYTHONPATH:-MultimodalRegistration}
 OUT=benchmarks/results/gan_ablation_$NAME
-python3 -m MultimodalRegistrationLib.evaluate_gan --checkpoint "$CKPT" --cases TCGA-DU-7294 stroke \
+python3 -m MultimodalRegistrationLab.evaluate_gan --checkpoint "$CKPT" --cases TCGA-DU-7294 stroke \
     --out "$OUT" --progress none
-python3 -m MultimodalRegistrationLib.evaluate_gan --checkpoint "$CKPT" --cases native:TCGA-FG-6692:withskull \
+python3 -m MultimodalRegistrationLab.evaluate_gan --checkpoint "$CKPT" --cases native:TCGA-FG-6692:withskull \
     --out "$OUT/withskull_fg6692" --progress none

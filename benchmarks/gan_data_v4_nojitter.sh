@@ -17,7 +17,7 @@
 set -euo pipefail
 D=${D:-/work/gan12_runs/data}
 export OMP_NUM_THREADS=1 PYTHONPATH=${PYTHONPATH:-MultimodalRegistration}
-python3 -m MultimodalRegistrationLib.synth --out "$D/train128_v4nj_tissuepeak.npz" --n-synth 16 \
+python3 -m MultimodalRegistrationLab.synth --out "$D/train128_v4nj_tissuepeak.npz" --n-synth 16 \
     --slices-per-synth 40 --slices-per-real 160 --seed 4 --strip-fraction 0.5 --normalisation tissue-peak \
     --contrast-jitter 1e-9
 # 2. the same filter as gan_data_v4.sh step 2 (T2 slice with < 2 % of pixels above 0.05 dropped)
