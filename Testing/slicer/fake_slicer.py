@@ -871,3 +871,17 @@ def load_module(name: str = "_mmreg_module_under_test"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def put_fake_pythonslicer_on_path(monkeypatch, folder, script: str) -> None:
+    """An executable ``PythonSlicer`` with ``script`` as its content in ``folder/bin``, first on PATH: the
+    core process the module starts."""
+    import os
+    import stat
+
+    bindir = Path(folder) / "bin"
+    bindir.mkdir()
+    exe = bindir / "PythonSlicer"
+    exe.write_text(script)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ.get("PATH", ""))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import textwrap
 import time
@@ -57,15 +56,10 @@ FAKE_PYTHONSLICER = textwrap.dedent('''\
 
 @pytest.fixture()
 def module(monkeypatch, tmp_path):
-    from fake_slicer import install, load_module
+    from fake_slicer import install, load_module, put_fake_pythonslicer_on_path
 
     install(monkeypatch)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    exe = bindir / "PythonSlicer"
-    exe.write_text(FAKE_PYTHONSLICER.format(python=sys.executable))
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ.get("PATH", ""))
+    put_fake_pythonslicer_on_path(monkeypatch, tmp_path, FAKE_PYTHONSLICER.format(python=sys.executable))
     return load_module()
 
 

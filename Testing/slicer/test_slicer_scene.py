@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import textwrap
 from pathlib import Path
@@ -83,15 +82,10 @@ FAKE_CORE = textwrap.dedent('''\
 
 @pytest.fixture()
 def module(monkeypatch, tmp_path):
-    from fake_slicer import install, load_module
+    from fake_slicer import install, load_module, put_fake_pythonslicer_on_path
 
     install(monkeypatch)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    exe = bindir / "PythonSlicer"
-    exe.write_text(FAKE_CORE.format(python=sys.executable, T=T.tolist()))
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ.get("PATH", ""))
+    put_fake_pythonslicer_on_path(monkeypatch, tmp_path, FAKE_CORE.format(python=sys.executable, T=T.tolist()))
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the module's child_environment provides it
     return load_module()
 
