@@ -548,16 +548,8 @@ def test_cli_manifest_error_is_one_line_exit_2(tmp_path, capsys):
     assert not out.exists()
 
 
-def _need_pipeline():
-    try:
-        from MultimodalRegistrationLib import registration  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"registration module not available yet ({exc})")
-
-
 @pytest.fixture(scope="module")
 def sim_folder(tmp_path_factory, brats_source):
-    _need_pipeline()
     from MultimodalRegistrationLab import simulate
     d = tmp_path_factory.mktemp("sim")
     for seed in (1, 2):

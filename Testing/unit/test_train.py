@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a hard dependency)
 
 from MultimodalRegistrationLib import translate  # noqa: E402
 from MultimodalRegistrationLib.errors import CheckpointError  # noqa: E402
