@@ -132,7 +132,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     try:
         t = time.perf_counter()
         if concurrent:
-            report(progress, "translate", 0, 1)
+            # (reported once it is done: a "translate" stage left at 0 while "register" runs reads as stuck)
             with torch_threads(1):
                 synth_job = pool.submit(_timed, translator.convert, cor, "ceT1-to-T2")
                 t = time.perf_counter()
