@@ -253,8 +253,11 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                                      detailedText="\n".join(task.log[-200:]))
 
     def onShowReport(self) -> None:
+        """The review page (before/after slider, figure) in the web browser; the figure if there is no page."""
         if self.logic.lastTask is not None:
-            path = self.logic.lastTask.outputDir / OUTPUT_FILES["report_png"]
+            path = self.logic.lastTask.outputDir / OUTPUT_FILES["report_html"]
+            if not path.exists():
+                path = self.logic.lastTask.outputDir / OUTPUT_FILES["report_png"]
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
 
     def onOpenOutputFolder(self) -> None:

@@ -35,6 +35,10 @@ OUTPUT_FILES = {
     "label_colors": "labels_colors.txt",
     "report_json": "report.json",
     "report_png": "report.png",
+    # the review figures and page (not written with --no-figure)
+    "qc_before_png": "qc_before.png",
+    "qc_after_png": "qc_after.png",
+    "report_html": "report.html",
 }
 
 #: Channels (5th dimension) of ``fused.nii.gz``, in order.

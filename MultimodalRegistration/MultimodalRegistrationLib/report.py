@@ -30,12 +30,13 @@ from typing import Optional
 
 import numpy as np
 
+from .contract import OUTPUT_FILES
 from .volume import Volume, atomic_write
 
-REPORT_PNG = "report.png"
-BEFORE_PNG = "qc_before.png"
-AFTER_PNG = "qc_after.png"
-REPORT_HTML = "report.html"
+REPORT_PNG = OUTPUT_FILES["report_png"]
+BEFORE_PNG = OUTPUT_FILES["qc_before_png"]
+AFTER_PNG = OUTPUT_FILES["qc_after_png"]
+REPORT_HTML = OUTPUT_FILES["report_html"]
 #: Every file written by :func:`write_case_report` (for output-contract checks).
 QC_FILES = (REPORT_PNG, BEFORE_PNG, AFTER_PNG, REPORT_HTML)
 

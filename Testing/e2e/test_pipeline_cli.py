@@ -42,7 +42,8 @@ def test_saved_case_round_trip(case_dir, fast_case):
 
 def test_output_contract(registered, case_dir):
     for key in ("transform_json", "transform_tfm", "synth_t2", "cet1_on_axial", "fused", "coronal_labels_on_axial",
-                "axial_labels_on_coronal", "label_colors", "report_json", "report_png"):
+                "axial_labels_on_coronal", "label_colors", "report_json", "report_png",
+                "qc_before_png", "qc_after_png", "report_html"):
         assert (registered / OUTPUT_FILES[key]).exists(), key
     t = json.loads((registered / "transform.json").read_text())
     check_transform(dict(t))
