@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import warnings
 
@@ -211,5 +212,25 @@ def main(argv=None) -> int:
         return 1
 
 
+#: Commands whose process ends with os._exit once everything is written and flushed: the interpreter's
+#: shutdown with torch loaded costs about 0.4 s (measured: 1.65 s against 1.26 s for `import torch`),
+#: a tenth of a `mmreg register` run. Every output is closed (atomically renamed) and the thread pools
+#: are shut down before the command returns, so nothing is lost.
+FAST_EXIT_COMMANDS = ("register", "demo")
+
+
+def entry(argv=None) -> None:
+    """The ``mmreg`` executable (console script and ``python -m``): :func:`main`, then exit."""
+    code = main(argv)
+    if _requested_command(argv) in FAST_EXIT_COMMANDS:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
