@@ -223,23 +223,16 @@ def evaluate_slices(translator: GanTranslator, A: np.ndarray, B: np.ndarray, bat
     report(progress, "evaluate", 1, 2)
     fakeA = translator.translate_slices(B, "T2-to-ceT1", batch_size)
     report(progress, "evaluate", 2, 2)
-    per = {"mse_T2_generated": [], "mse_ceT1_generated": [], "mse_T2_vs_unconverted_ceT1": [],
-           "mse_ceT1_vs_unconverted_T2": [], "psnr_T2_generated": [], "psnr_ceT1_generated": [],
-           "ssim_T2_generated": [], "ssim_ceT1_generated": [], "ssim_T2_vs_unconverted_ceT1": [],
-           "ssim_ceT1_vs_unconverted_T2": [], "ncc_T2_generated": [], "ncc_T2_vs_unconverted_ceT1": []}
-    for i in range(len(A)):
-        per["mse_T2_generated"].append(mse255(fakeB[i], B[i]))
-        per["mse_ceT1_generated"].append(mse255(fakeA[i], A[i]))
-        per["mse_T2_vs_unconverted_ceT1"].append(mse255(A[i], B[i]))
-        per["mse_ceT1_vs_unconverted_T2"].append(mse255(B[i], A[i]))
-        per["psnr_T2_generated"].append(psnr255(fakeB[i], B[i]))
-        per["psnr_ceT1_generated"].append(psnr255(fakeA[i], A[i]))
-        per["ssim_T2_generated"].append(ssim255(fakeB[i], B[i]))
-        per["ssim_ceT1_generated"].append(ssim255(fakeA[i], A[i]))
-        per["ssim_T2_vs_unconverted_ceT1"].append(ssim255(A[i], B[i]))
-        per["ssim_ceT1_vs_unconverted_T2"].append(ssim255(B[i], A[i]))
-        per["ncc_T2_generated"].append(head_ncc(fakeB[i], B[i]))
-        per["ncc_T2_vs_unconverted_ceT1"].append(head_ncc(A[i], B[i]))
+    # each compared pair (image, reference), and each metric over the pairs it is reported for, in the
+    # order of the per-slice columns
+    pairs = {"T2_generated": (fakeB, B), "ceT1_generated": (fakeA, A),
+             "T2_vs_unconverted_ceT1": (A, B), "ceT1_vs_unconverted_T2": (B, A)}
+    columns = [("mse", mse255, ("T2_generated", "ceT1_generated", "T2_vs_unconverted_ceT1", "ceT1_vs_unconverted_T2")),
+               ("psnr", psnr255, ("T2_generated", "ceT1_generated")),
+               ("ssim", ssim255, ("T2_generated", "ceT1_generated", "T2_vs_unconverted_ceT1", "ceT1_vs_unconverted_T2")),
+               ("ncc", head_ncc, ("T2_generated", "T2_vs_unconverted_ceT1"))]
+    per = {f"{metric}_{pair}": [fn(pairs[pair][0][i], pairs[pair][1][i]) for i in range(len(A))]
+           for metric, fn, names in columns for pair in names}
     return {"per_slice": per, "fakeA": fakeA, "fakeB": fakeB}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import itertools
 import json
 import os
@@ -62,15 +63,11 @@ def greedy_rigid(moving, fixed, threads: int) -> np.ndarray:
         return np.linalg.inv(np.loadtxt(o))
 
 
-_TRANSLATOR = []
-
-
+@functools.lru_cache(maxsize=1)
 def _translator():
     """The bundled NICE-GAN, loaded once (the paper method registers its synthetic T2)."""
-    if not _TRANSLATOR:
-        from MultimodalRegistrationLib.translate import load_translator
-        _TRANSLATOR.append(load_translator("default", device="cpu"))
-    return _TRANSLATOR[0]
+    from MultimodalRegistrationLib.translate import load_translator
+    return load_translator("default", device="cpu")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

@@ -7,12 +7,12 @@ applies the transform to the original ceT1 and the labels, and writes the output
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import platform
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,33 +123,29 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     report(progress, "load", 1, 1)
     timings["load"] = time.perf_counter() - t0
 
-    workers = _workers()
+    workers = cpu_share(2)
     # search-cr and mi register the original ceT1 to the T2 (any contrast), so the translator's synthetic
     # T2 (an output, not an input of theirs) is computed on a second thread while they run, one torch
     # thread each; search-ncc and paper register the synthetic T2 itself (monomodal), so it comes first.
-    concurrent = workers > 1 and method in ("mi", "search-cr")
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    registers_synth = method not in ("mi", "search-cr")
+    concurrent = workers > 1 and not registers_synth
+    # independent jobs (translation, resampling, label transfer, writes; scipy, torch and zlib release the
+    # GIL), collected in order
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        t = time.perf_counter()
-        if concurrent:
-            # (reported once it is done: a "translate" stage left at 0 while "register" runs reads as stuck)
-            with torch_threads(1):
+        with torch_threads(1) if concurrent else contextlib.nullcontext():
+            if concurrent:
+                # (reported once it is done: a "translate" stage left at 0 while "register" runs reads as stuck)
                 synth_job = pool.submit(_timed, translator.convert, cor, "ceT1-to-T2")
-                t = time.perf_counter()
-                moving = cor
-                result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
-                                  device=resolve_device(params.device), seed=params.seed)
-                timings["register"] = time.perf_counter() - t
-                synth, timings["translate"] = synth_job.result()
-            report(progress, "translate", 1, 1)
-        else:
-            synth = translator.convert(cor, "ceT1-to-T2", progress=progress)
-            timings["translate"] = time.perf_counter() - t
+            else:
+                synth, timings["translate"] = _timed(translator.convert, cor, "ceT1-to-T2", progress=progress)
             t = time.perf_counter()
-            moving = cor if method in ("mi", "search-cr") else synth
-            result = register(moving, ax, method, params=dict(params.method_params), progress=progress,
-                              device=resolve_device(params.device), seed=params.seed)
+            result = register(synth if registers_synth else cor, ax, method, params=dict(params.method_params),
+                              progress=progress, device=resolve_device(params.device), seed=params.seed)
             timings["register"] = time.perf_counter() - t
+            if concurrent:
+                synth, timings["translate"] = synth_job.result()
+                report(progress, "translate", 1, 1)
         polish = method in ("search-ncc", "search-cr") and (
             params.polish == "always" or (params.polish == "auto" and method == "search-ncc" and not result.success))
         if polish:
@@ -160,7 +156,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
 
         # resampling and label transfer: independent jobs (scipy releases the GIL), collected in order
         t = time.perf_counter()
-        run = pool.submit if pool is not None else _run_now
+        run = pool.submit
         report(progress, "resample", 0, 2)
         cet1_job = run(geometry.moving_onto_fixed, cor, ax, M)
         synth_job = run(geometry.moving_onto_fixed, synth, ax, M)
@@ -216,8 +212,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         geometry.write_itk_tfm(M, out_dir / OUTPUT_FILES["transform_tfm"]); tick()
         timings["write"] = time.perf_counter() - t
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
 
     transform = {
@@ -269,25 +264,11 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     return transform
 
 
-def _workers() -> int:
-    """Threads for the pipeline's independent jobs (at most 2; threads.cpu_share)."""
-    return cpu_share(2)
-
-
-def _timed(fn, *args):
+def _timed(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), seconds it took)."""
     t = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - t
-
-
-def _run_now(fn, *args, **kwargs) -> Future:
-    """``pool.submit`` without a pool: runs at once, returns a finished future."""
-    fut: Future = Future()
-    try:
-        fut.set_result(fn(*args, **kwargs))
-    except BaseException as exc:
-        fut.set_exception(exc)
-    return fut
 
 
 def _polish(result, cor: Volume, ax: Volume, seed: int, progress):

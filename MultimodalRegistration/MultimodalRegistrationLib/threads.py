@@ -66,7 +66,7 @@ def cpu_share(most: int = 2) -> int:
 @contextlib.contextmanager
 def torch_threads(n: int):
     """torch's (process-wide) intra-op thread count set to ``n`` inside the block, when torch is in use
-    (the pipeline's two concurrent jobs take one thread each)."""
+    (the pipeline's concurrent jobs and the search engine's calls), restored after it."""
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     if torch is not None and before != n:

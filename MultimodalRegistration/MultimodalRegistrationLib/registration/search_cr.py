@@ -14,7 +14,7 @@ import torch
 
 from .. import geometry
 from ..metrics import overlap_points
-from ..threads import cpu_share
+from ..threads import cpu_share, torch_threads
 from ..volume import Volume
 from .params import SearchCrParams, SearchNccParams
 from .pyramid import shrink_inplane
@@ -94,20 +94,16 @@ def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams 
                        device: str = "cpu", seed: int = 0) -> RegistrationResult:
     """The default method (see the module docstring); ``params``: :class:`~.params.SearchCrParams`."""
     params = params or SearchCrParams()
-    want = int(params.torch_threads or torch.get_num_threads())
-    before = torch.get_num_threads()
-    if want != before:      # set once for both directions (torch's setting is process-wide)
-        torch.set_num_threads(want)
     # the backward direction on a second thread while the forward one runs on this one
     pool = ThreadPoolExecutor(max_workers=1) if params.consistency and params.concurrent and cpu_share(2) > 1 \
         else None
-    try:
-        return _register_search_cr(moving, fixed, params, progress, device, seed, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        if want != before:
-            torch.set_num_threads(before)
+    # set once for both directions (torch's setting is process-wide)
+    with torch_threads(int(params.torch_threads or torch.get_num_threads())):
+        try:
+            return _register_search_cr(moving, fixed, params, progress, device, seed, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
 
 def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device, seed, pool) -> RegistrationResult:

@@ -13,6 +13,7 @@ import torch
 from .. import geometry
 from ..device import resolve_device
 from ..progress import report
+from ..threads import torch_threads
 from ..volume import Volume
 from .images import center_init, robust_scale, signal_mask
 from .params import SearchNccParams
@@ -26,15 +27,8 @@ def register_search_ncc(moving: Volume, fixed: Volume, *, params: SearchNccParam
                         device: str = "cpu", seed: int = 0) -> RegistrationResult:
     """The search engine with ``params`` (:class:`~.params.SearchNccParams`; defaults: search-ncc)."""
     params = params or SearchNccParams()
-    n_before = torch.get_num_threads()
-    want = int(params.torch_threads or n_before)
-    if want != n_before:
-        torch.set_num_threads(want)
-    try:
+    with torch_threads(int(params.torch_threads or torch.get_num_threads())):
         return _register(moving, fixed, params, progress, device, seed)
-    finally:
-        if want != n_before:
-            torch.set_num_threads(n_before)
 
 
 def _cr_knots(mov: np.ndarray, n_bins: int) -> np.ndarray:
