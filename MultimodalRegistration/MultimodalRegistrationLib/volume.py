@@ -330,8 +330,9 @@ def save_volume(vol: Volume, path: str | os.PathLike, *, dtype=None, extra_dims:
     img.header.set_xyzt_units("mm", "sec")
     if suffix != ".nii.gz":
         return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=suffix)
-    # The same single-file NIfTI nibabel writes, gzip-compressed by ISA-L when installed (about 9x
-    # faster than zlib at the same ratio; any gzip reader opens it), else by zlib at nibabel's level 1.
+    # The same single-file NIfTI nibabel writes, gzip-compressed by ISA-L when installed (about 6x
+    # faster than zlib at the same ratio: benchmarks/bench_outputs.py; any gzip reader opens it), else by
+    # zlib at nibabel's level 1.
     raw = img.to_bytes()
     return atomic_write(path, lambda tmp: _write_file(tmp, gzip_compress(raw)), suffix=suffix)
 

@@ -196,7 +196,7 @@ class SearchCrParams(SearchNccParams):
     # headers off by up to 30 deg (issue 11): the rotation lattice reaches 30 deg in 10 deg steps (123
     # rotations) on a 16 mm grid, the 4 best again on the 8 mm grid; at 15 deg / 7.5 deg on a 12 mm grid a
     # 24 deg offset was found by neither direction, and the rescue made them agree on a 35 mm error.
-    # About +25% of the search's time (benchmarks/results/real_suite_v2/README.md)
+    # 22-71% more CPU on three dev cases (benchmarks/results/search_cr_lattice_dev/README.md)
     search_rot_deg: float = 30.0
     search_rot_step_deg: float = 10.0
     search_coarse_grid_mm: float = 16.0
