@@ -233,6 +233,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         transform["translator_note"] = translator_note
     if result.success is None:
         transform["success_note"] = (result.details or {}).get("success_note", "no calibrated success rule")
+    elif ((result.details or {}).get("vote") or {}).get("note"):
+        transform["success_note"] = result.details["vote"]["note"]
     rep = {
         "version": __version__,
         "inputs": {"coronal": str(coronal), "axial": str(axial), "coronal_labels": _s(coronal_labels),
@@ -295,10 +297,15 @@ def _polish(result, cor: Volume, ax: Volume, seed: int, progress):
 def _confidence_score(result):
     """One number for sorting and review (higher = more confident), or None without a calibrated rule:
     for search-cr ``1 - disagreement / (2 * threshold)`` clipped to [0, 1], so 0.5 is the calibrated
-    threshold (flagged below). A monotone rescaling of the disagreement, not a probability."""
+    threshold (flagged below). A monotone rescaling of the disagreement, not a probability; an agreement
+    that the second metric did not confirm (``details["vote"]``) is capped at 0.45, below the threshold."""
     cons = (result.details or {}).get("consistency")
     if result.method.startswith("search-cr") and cons and np.isfinite(cons["mm"]):
-        return round(float(np.clip(1.0 - float(cons["mm"]) / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0)), 4)
+        score = float(np.clip(1.0 - float(cons["mm"]) / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0))
+        vote = (result.details or {}).get("vote") or {}
+        if vote and not vote.get("confirmed", True):
+            score = min(score, 0.45)
+        return round(score, 4)
     return None
 
 
@@ -307,11 +314,18 @@ def _confidence(result) -> dict:
     d = result.details or {}
     cons = d.get("consistency")
     if result.method.startswith("search-cr") and cons:
-        return {"rule": "forward/backward agreement", "consistency_mm": round(float(cons["mm"]), 3),
-                "threshold_mm": float(cons["threshold_mm"]),
-                "note": "forward (coronal->axial) and backward (axial->coronal) registrations, each with its own "
-                        "global search, agree to this mean distance over the overlap; calibration: "
-                        "docs/REGISTRATION.md"}
+        vote = d.get("vote")
+        out = {"rule": "forward/backward agreement",
+               "consistency_mm": round(float(cons["mm"]), 3), "threshold_mm": float(cons["threshold_mm"]),
+               "note": "forward (coronal->axial) and backward (axial->coronal) registrations, each with its own "
+                       "global search, agree to this mean distance over the overlap, and no estimate of the run "
+                       "farther than the threshold from the result scores a higher NMI; calibration: "
+                       "docs/REGISTRATION.md"}
+        if vote:
+            out["second_metric"] = "normalised mutual information"
+            out["second_metric_confirmed"] = bool(vote.get("confirmed"))
+            out["result_chosen"] = vote.get("chosen")
+        return out
     if result.success is None:
         return {"rule": None, "note": d.get("success_note", "no calibrated success rule for this result")}
     return {"rule": "metric threshold", "metric": float(result.metric),

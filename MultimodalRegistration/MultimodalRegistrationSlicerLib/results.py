@@ -80,8 +80,14 @@ def format_metrics(result: Mapping) -> str:
         parts.append("success unknown (no calibrated check for this result)")
     elif (result.get("confidence_detail") or {}).get("rule") == "forward/backward agreement":
         c = result["confidence_detail"]
-        parts.append(f"forward/backward agree to {c.get('consistency_mm', float('nan')):.1f} mm "
-                     + ("(passes)" if result.get("success") else "(flagged)"))
+        if result.get("success"):
+            verdict = "(passes)"
+        elif c.get("second_metric_confirmed") is False and c.get("consistency_mm", float("inf")) <= c.get(
+                "threshold_mm", float("nan")):
+            verdict = "(flagged: the second metric prefers another estimate)"
+        else:
+            verdict = "(flagged)"
+        parts.append(f"forward/backward agree to {c.get('consistency_mm', float('nan')):.1f} mm {verdict}")
     else:
         parts.append("metric within the success threshold" if result.get("success")
                      else "metric outside the success threshold (flagged)")

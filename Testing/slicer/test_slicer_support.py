@@ -272,6 +272,17 @@ def test_read_transform_json_accepts_contract(tmp_path):
     assert "unsuccessful" in flagged and flagged.endswith("no checkpoint")
 
 
+def test_format_metrics_says_why_a_search_cr_result_is_flagged():
+    detail = {"rule": "forward/backward agreement", "consistency_mm": 1.03, "threshold_mm": 2.0,
+              "second_metric_confirmed": True}
+    run = dict(GOOD, method="search-cr", confidence_detail=detail)
+    assert "forward/backward agree to 1.0 mm (passes)" in results.format_metrics(run)
+    rejected = dict(run, success=False, confidence_detail=dict(detail, second_metric_confirmed=False))
+    assert "agree to 1.0 mm (flagged: the second metric prefers another estimate)" in results.format_metrics(rejected)
+    apart = dict(run, success=False, confidence_detail=dict(detail, consistency_mm=9.0))
+    assert "agree to 9.0 mm (flagged) |" in results.format_metrics(apart)
+
+
 @pytest.mark.parametrize("bad", [
     {k: v for k, v in GOOD.items() if k != "metric"},
     dict(GOOD, moving_to_fixed_ras=np.eye(3).tolist()),

@@ -208,6 +208,7 @@ class SearchCrParams(SearchNccParams):
     symmetric: bool = True               # consistent results: the rigid mean of both estimates
     rescue: bool = True                  # inconsistent: refine each direction from the other's result
     passes: int = 2                      # still inconsistent: search again around the forward result
+    vote: bool = True                    # a second metric (NMI) must not prefer an estimate the result is not
     concurrent: bool = True              # run the two directions at once on two threads when this process may
                                          # use two cores (threads.cpu_share()); same results, about half the time
 

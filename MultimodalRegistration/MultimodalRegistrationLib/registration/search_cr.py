@@ -20,6 +20,7 @@ from .params import SearchCrParams, SearchNccParams
 from .pyramid import shrink_inplane
 from .result import RegistrationResult
 from .search_ncc import register_search_ncc
+from .vote import NmiScore
 
 
 def midpoint_transform(moving: Volume, fixed: Volume, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -50,6 +51,51 @@ def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward:
     return float(np.linalg.norm(by_forward - by_backward, axis=1).mean())
 
 
+def pose_distance_mm(points: np.ndarray, first: np.ndarray, second: np.ndarray) -> float:
+    """Mean distance (mm) between where two moving->fixed transforms put the moving-world ``points``."""
+    if not len(points):
+        return float("inf")
+    return float(np.linalg.norm(geometry.apply(first, points) - geometry.apply(second, points), axis=1).mean())
+
+
+def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, fwd, bwd, history, tol: float):
+    """The second metric's vote (:mod:`.vote`). Candidates: every estimate the run produced (each pass's
+    searched forward and backward results, before any restart, and the final forward and backward
+    estimates). ``success`` stands only if no candidate farther than ``tol`` from ``result`` has a higher
+    NMI than ``result``: an agreement that a restart or a shared start produced is then confirmed by a
+    metric that neither direction optimised. When the result is not confirmed, the candidate with the
+    highest NMI is returned instead (still unsuccessful). Returns (result, success, vote details)."""
+    named = [("the forward estimate", np.asarray(fwd.moving_to_fixed, dtype=np.float64)),
+             ("the backward estimate", np.linalg.inv(np.asarray(bwd.moving_to_fixed, dtype=np.float64)))]
+    for h in history:
+        named.append((f"the pass-{h['pass']} forward search", np.asarray(h["searched_forward_ras"])))
+        named.append((f"the pass-{h['pass']} backward search", np.asarray(h["searched_backward_inverse_ras"])))
+    points = overlap_points(moving, fixed, result, max_points=4000)
+    rows = [{"estimate": name, "mm_from_result": pose_distance_mm(points, result, m)} for name, m in named]
+    vote = {"similarity": "normalised mutual information, 32 bins, 2 mm in-plane", "candidates": rows,
+            "chosen": "result"}
+    if success and all(r["mm_from_result"] <= tol for r in rows):
+        # every estimate of the run lies within the tolerance of the result: nothing to vote on
+        vote.update(confirmed=True, result_nmi=None)
+        return result, success, vote
+    score = NmiScore(moving, fixed)
+    own = score(result)
+    for r, (_, m) in zip(rows, named):
+        r["nmi"] = score(m)
+    rivals = [r for r in rows if r["mm_from_result"] > tol and r["nmi"] > own]
+    vote.update(confirmed=bool(success and not rivals), result_nmi=own)
+    if success and rivals:
+        success = False
+        vote["note"] = ("the two directions agree, but an estimate farther than "
+                        f"{tol:g} mm from their result scores a higher NMI: not confirmed")
+    if not success:
+        best = max(range(len(rows)), key=lambda i: rows[i]["nmi"])
+        if rows[best]["nmi"] > own and rows[best]["mm_from_result"] > 0.0:
+            result = named[best][1]
+            vote["chosen"] = rows[best]["estimate"]
+    return result, success, vote
+
+
 def _pair(pool, forward_job, backward_job):
     """Runs the two independent directions at once on ``pool`` (None: one after the other); returns
     (forward result, backward result). Each direction is deterministic on its own (one torch thread,
@@ -66,10 +112,11 @@ def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccPar
     disagreement (mm), with the rescue: when they disagree, each direction is refined again from the
     other's result and keeps whichever of its two results its own metric prefers (one of them may sit in
     a local optimum that the other's result escapes). Returns (fwd, bwd, mm, which directions took the
-    other's start)."""
+    other's start, the two results before the rescue)."""
     fwd, bwd = _pair(pool, forward_job,
                      lambda: register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device,
                                                  seed=seed + 1))
+    raw = (fwd, bwd)
     mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
     swapped = []
     if not (np.isfinite(mm) and mm <= tol) and rescue:
@@ -87,7 +134,7 @@ def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccPar
             bwd = b2
             swapped.append("backward")
         mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
-    return fwd, bwd, mm, swapped
+    return fwd, bwd, mm, swapped, raw
 
 
 def register_search_cr(moving: Volume, fixed: Volume, *, params: SearchCrParams | None = None, progress=None,
@@ -115,6 +162,7 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
         return register_search_ncc(moving, fixed, params=p, progress=prog, device=device, seed=seed)
 
     success = None
+    vote_seconds = None
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
         # finest level samples it at 4 mm: the native 0.5 mm grid only costs time)
@@ -133,9 +181,25 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                 job = (lambda p=p_fwd: forward(p, None))
             else:
                 job = forward
-            f_new, b_new, d_new, swapped = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
+            f_new, b_new, d_new, swapped, raw = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
                                                              params.rescue, device, seed, pool)
-            history.append({"pass": k + 1, "mm": d_new, "restarted_from_the_other": swapped})
+            kept = []
+            if k > 0:
+                # the second pass's two searches share a start (the forward estimate), so their agreement
+                # alone is not an independent check: each direction takes its new result only where its
+                # own metric prefers it to its earlier one
+                if not (np.isfinite(f_new.metric) and f_new.metric >= fwd.metric):
+                    f_new = fwd
+                    kept.append("forward")
+                if not (np.isfinite(b_new.metric) and b_new.metric >= bwd.metric):
+                    b_new = bwd
+                    kept.append("backward")
+                if kept:
+                    d_new = consistency_mm(moving, fixed, f_new.moving_to_fixed, b_new.moving_to_fixed)
+            history.append({"pass": k + 1, "mm": d_new, "restarted_from_the_other": swapped,
+                            "kept_the_earlier_result": kept,
+                            "searched_forward_ras": np.asarray(raw[0].moving_to_fixed).tolist(),
+                            "searched_backward_inverse_ras": np.linalg.inv(raw[1].moving_to_fixed).tolist()})
             if k == 0:
                 first_fwd = f_new
             if k == 0 or d_new < mm:
@@ -157,6 +221,12 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
             details["result"] = "rigid mean of the forward and backward estimates"
         else:
             details["result"] = "forward estimate"
+        if params.vote:
+            t_vote = time.perf_counter()
+            result, success, details["vote"] = nmi_vote(moving, fixed, result, success, fwd, bwd, history, tol)
+            vote_seconds = time.perf_counter() - t_vote
+            if details["vote"]["chosen"] != "result":
+                details["result"] = details["vote"]["chosen"] + " (preferred by the second metric)"
     else:
         fwd = forward()
         result = fwd.moving_to_fixed
@@ -165,6 +235,8 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
         details["success_note"] = "no consistency check was run (consistency=False): success is unknown"
     details["similarity"] = "correlation ratio (fixed given moving), search on gradient magnitude"
     details["seconds"] = dict(details.get("seconds", {}), total=round(time.perf_counter() - t0, 4))
+    if vote_seconds is not None:
+        details["seconds"]["vote"] = round(vote_seconds, 4)
     details["level_ncc"] = fwd.details.get("level_ncc")
     return RegistrationResult(moving_to_fixed=result, method="search-cr", metric=float(fwd.metric),
                               success=success, details=details)

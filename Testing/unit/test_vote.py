@@ -1,0 +1,76 @@
+"""search-cr's second metric (registration/vote.py): NMI, and the vote that confirms or rejects an
+agreement of the two directions."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from MultimodalRegistrationLib.geometry import about, rotvec_matrix
+from MultimodalRegistrationLib.registration.search_cr import nmi_vote
+from MultimodalRegistrationLib.registration.vote import NmiScore
+
+
+def _off(case, mm=0.0, deg=0.0):
+    """The true moving->fixed transform with an extra error of ``mm`` (along x) and ``deg`` (about z)."""
+    c = case.axial_t2.center_world()
+    return about(rotvec_matrix(np.radians(deg) * np.array([0.0, 0.0, 1.0])), c, (mm, 0.0, 0.0)) @ case.moving_to_fixed
+
+
+def _run(case, forward, backward_inverse, searched):
+    """Stand-ins for a finished search-cr run: its final estimates and one pass's searched estimates."""
+    fwd = SimpleNamespace(moving_to_fixed=forward)
+    bwd = SimpleNamespace(moving_to_fixed=np.linalg.inv(backward_inverse))
+    history = [{"pass": 1, "searched_forward_ras": searched[0].tolist(),
+                "searched_backward_inverse_ras": searched[1].tolist()}]
+    return fwd, bwd, history
+
+
+def test_nmi_of_the_real_cet1_and_t2_peaks_at_the_truth(fast_case):
+    score = NmiScore(fast_case.coronal_cet1, fast_case.axial_t2)
+    at_truth = score(fast_case.moving_to_fixed)
+    for mm, deg in ((4.0, 0.0), (-4.0, 0.0), (0.0, 4.0), (12.0, 0.0), (0.0, 15.0)):
+        assert score(_off(fast_case, mm, deg)) < at_truth, (mm, deg)
+    assert score(fast_case.moving_to_fixed) == at_truth        # deterministic
+
+
+def test_vote_rejects_an_agreement_that_a_far_estimate_outscores(fast_case):
+    """Both directions agree on a pose 12 mm off (as after a restart from the other's wrong result), but
+    the pass-1 forward search had found the truth: the agreement is not confirmed, success becomes False,
+    and the estimate the second metric prefers is returned."""
+    wrong, truth = _off(fast_case, 12.0), fast_case.moving_to_fixed
+    fwd, bwd, history = _run(fast_case, wrong, wrong, (truth, wrong))
+    result, success, vote = nmi_vote(fast_case.coronal_cet1, fast_case.axial_t2, wrong, True, fwd, bwd, history, 2.0)
+    assert success is False and vote["confirmed"] is False and "not confirmed" in vote["note"]
+    assert vote["chosen"] == "the pass-1 forward search" and np.allclose(result, truth)
+    far = [r for r in vote["candidates"] if r["mm_from_result"] > 2.0]
+    assert [r["estimate"] for r in far] == ["the pass-1 forward search"]
+    assert far[0]["nmi"] > vote["result_nmi"]
+
+
+def test_vote_confirms_an_agreement_that_outscores_the_far_estimates(fast_case):
+    """The same run with the roles swapped: the result is the truth, the far estimate is the wrong one."""
+    wrong, truth = _off(fast_case, 12.0), fast_case.moving_to_fixed
+    fwd, bwd, history = _run(fast_case, truth, truth, (wrong, truth))
+    result, success, vote = nmi_vote(fast_case.coronal_cet1, fast_case.axial_t2, truth, True, fwd, bwd, history, 2.0)
+    assert success is True and vote["confirmed"] is True and vote["chosen"] == "result"
+    assert result is truth and vote["result_nmi"] > vote["candidates"][2]["nmi"]
+
+
+def test_vote_is_not_computed_when_every_estimate_agrees(fast_case):
+    near = _off(fast_case, 0.5)
+    truth = fast_case.moving_to_fixed
+    fwd, bwd, history = _run(fast_case, truth, near, (truth, near))
+    result, success, vote = nmi_vote(fast_case.coronal_cet1, fast_case.axial_t2, truth, True, fwd, bwd, history, 2.0)
+    assert success is True and vote["confirmed"] is True and vote["result_nmi"] is None
+    assert all("nmi" not in r for r in vote["candidates"]) and max(r["mm_from_result"] for r in vote["candidates"]) < 1.0
+
+
+def test_an_unconfirmed_result_takes_the_estimate_nmi_prefers(fast_case):
+    """The directions disagree (success False): the output is whichever estimate scores the highest NMI
+    (here the backward one, at the truth), not always the forward one; success stays False."""
+    wrong, truth = _off(fast_case, 0.0, 15.0), fast_case.moving_to_fixed
+    fwd, bwd, history = _run(fast_case, wrong, truth, (wrong, truth))
+    result, success, vote = nmi_vote(fast_case.coronal_cet1, fast_case.axial_t2, wrong, False, fwd, bwd, history, 2.0)
+    assert success is False and vote["confirmed"] is False
+    assert vote["chosen"] == "the backward estimate" and np.allclose(result, truth)
