@@ -12,6 +12,7 @@ Methods, side by side on each case in one process (so times compare):
   mi          the paper's SimpleITK MI baseline, on the original ceT1
   greedy      PICSL Greedy rigid NMI from the image centres (pip install picsl-greedy), on the original ceT1
   elastix     itk-elastix rigid MI (the project's wrapper, benchmark only), on the original ceT1
+  ants        ANTsPy rigid Mattes MI from the headers (pip install antspyx; benchmark only), on the original ceT1
   search-cr:center   the default started from the image centres (mmreg register --init center)
   paper       the paper's subset search on the bundled translator's synthetic T2 (translation time not counted)
 
@@ -130,6 +131,9 @@ def run_cli(args) -> int:
                             elif m == "elastix":
                                 from MultimodalRegistrationLab.baselines import register_elastix
                                 M = register_elastix(case.coronal_cet1, case.axial_t2).moving_to_fixed
+                            elif m == "ants":
+                                from MultimodalRegistrationLab.baselines import register_ants
+                                M = register_ants(case.coronal_cet1, case.axial_t2).moving_to_fixed
                             else:
                                 moving, name_m, mp = case.coronal_cet1, m, {}
                                 if m in ("search-cr", "search-cr:center"):
