@@ -107,6 +107,7 @@ class MultimodalRegistrationParameterNode:
     seed: Annotated[int, WithinRange(0, 999999)] = 0
     keepIntermediateFiles: bool = False
     showPlot: bool = True
+    startFromImageCentres: bool = False
 
 
 #
@@ -223,7 +224,7 @@ class MultimodalRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 method=p.method, methodParameters=p.methodParameters,
                 translator=p.translator, translatorFile=p.translatorFile,
                 device=p.device, labelMode=p.labelMode, seed=p.seed, keepIntermediateFiles=p.keepIntermediateFiles,
-                showResults=True, showPlot=p.showPlot,
+                startFromImageCentres=p.startFromImageCentres, showResults=True, showPlot=p.showPlot,
                 progressCallback=self.onProgress, completedCallback=self.onCompleted)
             self._setInputsEnabled(False)
             self._updateButtons()
@@ -320,7 +321,7 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
     def startRegistration(self, coronalVolume, axialVolume, coronalLabels=None, axialLabels=None,
                           method=Method.SEARCH_CR, methodParameters="", translator=Translator.DEFAULT,
                           translatorFile=None, device=Device.AUTO, labelMode=LabelMode.LINEAR, seed=0,
-                          keepIntermediateFiles=False,
+                          keepIntermediateFiles=False, startFromImageCentres=False,
                           showResults=True, showPlot=False, progressCallback=None,
                           completedCallback=None, workDir=None) -> RegistrationTask:
         """Export the inputs and start the core in a child process; returns at once.
@@ -350,7 +351,7 @@ class MultimodalRegistrationLogic(ScriptedLoadableModuleLogic):
             coronal_labels=files.get("coronal_labels"), axial_labels=files.get("axial_labels"),
             method=method, translator=translator, translator_file=translatorPath,
             device=device, seed=seed, label_mode=labelMode, method_params=methodParameters,
-            debug=task.keepIntermediateFiles)
+            init="center" if startFromImageCentres else None, debug=task.keepIntermediateFiles)
 
         task.inputDir.mkdir(parents=True, exist_ok=True)
         task.outputDir.mkdir(parents=True, exist_ok=True)

@@ -94,13 +94,15 @@ def build_register_command(
     seed: Optional[int] = None,
     label_mode: LabelMode | str = LabelMode.LINEAR,
     method_params: str | Sequence[str] | None = None,
+    init: str | None = None,
     debug: bool = False,
 ) -> list[str]:
     """Argument list of ``<python> -m MultimodalRegistrationLib.cli [--debug] register ...``.
 
     ``translator`` FILE needs ``translator_file`` (a ``.safetensors`` path, passed as the value of
     ``--translator``). ``method_params`` is ``"lr0=4 iterations=30"`` (or a list of ``KEY=VALUE``),
-    each passed as ``--param KEY=VALUE``. ``--debug`` is an option of ``mmreg`` itself, so it goes
+    each passed as ``--param KEY=VALUE``. ``init`` "center" or "header" is passed as ``--init`` (None: the
+    method's default start). ``--debug`` is an option of ``mmreg`` itself, so it goes
     before the subcommand. Progress is always requested as JSON lines.
     """
     if not python:
@@ -116,6 +118,8 @@ def build_register_command(
     else:
         translator_arg = translator_value
 
+    if init not in (None, "center", "header"):
+        raise ValueError(f"init must be 'center', 'header' or None, got {init!r}")
     params = parse_method_params(method_params)
     cmd = [str(python), "-m", CLI_MODULE] + (["--debug"] if debug else []) + [
         "register",
@@ -134,6 +138,8 @@ def build_register_command(
         "--label-mode", _enum_value(LabelMode, label_mode),
         "--progress", "json",
     ]
+    if init is not None:
+        cmd += ["--init", init]
     if seed is not None:
         cmd += ["--seed", str(int(seed))]
     for item in params:

@@ -138,6 +138,14 @@ def test_keep_intermediate_files_keeps_inputs_and_passes_debug(module, tmp_path,
     assert argv[2:4] == ["--debug", "register"]
 
 
+def test_start_from_image_centres_passes_init_center(module, tmp_path, monkeypatch):
+    _logic, task, _imported, _p = _run(module, tmp_path, monkeypatch, "ok", startFromImageCentres=True,
+                                       keepIntermediateFiles=True)
+    assert task.status == "completed"
+    argv = json.loads((tmp_path / "work" / "child_args.json").read_text())["argv"]
+    assert argv[argv.index("--init") + 1] == "center"
+
+
 def test_failure_reports_the_core_error_line(module, tmp_path, monkeypatch):
     _logic, task, imported, _p = _run(module, tmp_path, monkeypatch, "fail")
     assert task.status == "failed"

@@ -565,6 +565,7 @@ def _cli_parser():
     dict(coronal_labels="cl.nii.gz", axial_labels="al.nii.gz", method="paper", translator="none",
          device="cpu", seed=5, label_mode="nearest", method_params="lr0=4 iterations=30", debug=True),
     dict(method="mi", translator="file", translator_file="/m/x.safetensors", device="cuda"),
+    dict(init="center"),
 ])
 def test_core_cli_accepts_the_module_command(options):
     from MultimodalRegistrationSlicerLib.command import build_register_command
@@ -588,6 +589,7 @@ def test_core_cli_accepts_the_module_command(options):
         assert args.label_mode == options["label_mode"]
     assert getattr(args, "param", []) == (options["method_params"].split() if "method_params" in options else [])
     assert bool(getattr(args, "debug", False)) == bool(options.get("debug"))
+    assert args.init == options.get("init")
 
 
 def test_core_progress_stages_are_known_to_the_progress_bar():

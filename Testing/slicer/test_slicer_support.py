@@ -49,6 +49,14 @@ def test_command_optional_parts():
     assert cmd[3:5] == ["--debug", "register"]
 
 
+def test_command_init_option():
+    assert "--init" not in command.build_register_command("py", "c", "a", "o")
+    cmd = command.build_register_command("py", "c", "a", "o", init="center")
+    assert cmd[cmd.index("--init") + 1] == "center"
+    with pytest.raises(ValueError, match="init"):
+        command.build_register_command("py", "c", "a", "o", init="centre")
+
+
 @pytest.mark.parametrize("text,expected", [
     (None, []), ("", []), ("a=1", ["a=1"]), ("a=1 b=x,c=2.5;d=[1,2]", None),
     (["k=v", "m = 3"], ["k=v", "m=3"]),
