@@ -3,7 +3,10 @@ gradient magnitudes, Levenberg-Marquardt on the ratio), on the original ceT1 aga
 translator needed), run forward (coronal -> axial) and backward (axial -> coronal). The result counts
 as successful only when both agree (:data:`~.params.SEARCH_CR_CONSISTENCY_MM`); when they disagree,
 each direction restarts from the other's result (the rescue), then both searches again around the
-forward estimate (a second pass); consistent estimates are averaged (their rigid midpoint)."""
+forward estimate (a second pass, whose result each direction takes only where its own metric prefers
+it); consistent estimates are averaged (their rigid midpoint). A second metric (NMI, :mod:`.vote`) then
+votes: the agreement stands only if no estimate of the run farther than the threshold scores higher;
+an unsuccessful result is the estimate NMI prefers."""
 from __future__ import annotations
 
 import time
