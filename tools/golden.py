@@ -9,7 +9,9 @@
 * ``real.json`` (needs ``../shared/data``): the registration engines on two real ceT1/T2 cases of the
   real-contrast suite (``mmreg evaluate-real``'s case builder, fixed seeds).
 
-Everything runs with one torch/ITK thread so that the numbers do not depend on the core count.
+Everything runs with one torch/ITK thread so that the numbers do not depend on the core count. Each
+file records the machine it was recorded on; on another CPU the few results that depend on the last
+bits of floating-point rounding are left out (:data:`CROSS_MACHINE_UNSTABLE`, with the measurement).
 """
 from __future__ import annotations
 
@@ -31,6 +33,60 @@ ATOL_TRANSLATION_MM = 1e-4
 RTOL_METRIC = 1e-5
 #: real-contrast suite cases: (source, regime, seed) as in mmreg evaluate-real
 REAL_CASES = (("stroke", "paper", 61001), ("TCGA-FG-6692", "large", 61002))
+
+#: Each golden file records the machine it was recorded on (``_recorded_on``). On that kind of machine
+#: (same CPU model and SIMD level, same numpy/scipy/torch/SimpleITK) every entry must agree to the
+#: tolerances above: the runs are bit-reproducible there. On another CPU, floating-point rounding of
+#: the FFTs and of ITK differs in the last bits, and a few results follow a different optimisation path
+#: from there on (measured 2 Dec 2026 between the recording machine of session 17 and an AMD Zen 5 one):
+#: SimpleITK MI on both real cases (0.3-0.5 mm apart), search-cr on the large-offset real case (a near
+#: tie between two search peaks: 1.6 against 3.4 mm). Those entries are left out on another machine,
+#: and the rest must agree to within the cross-machine tolerance below (observed: 2.5e-4 mm).
+CROSS_MACHINE_UNSTABLE = ("real/stroke/paper/61001/mi", "real/TCGA-FG-6692/large/61002/mi",
+                          "real/TCGA-FG-6692/large/61002/search-cr")
+ATOL_TRANSLATION_MM_CROSS_MACHINE = 1e-3
+ATOL_ROTATION_CROSS_MACHINE = 1e-5
+
+
+def machine() -> dict:
+    """What the golden results depend on beyond the code: the CPU (model and SIMD level) and the
+    numerical libraries."""
+    import platform
+
+    import scipy
+    import SimpleITK as sitk
+    import torch
+    cpu = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in cpu:
+                cpu[key] = value.strip()
+            if key == "flags" and "simd" not in cpu:
+                flags = set(value.split())
+                cpu["simd"] = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "other")
+    except OSError:
+        cpu["model name"] = platform.processor() or platform.machine()
+    return {"cpu": cpu, "machine": platform.machine(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString()}
+
+
+def same_machine(recorded: dict | None) -> bool:
+    return recorded is not None and json.loads(json.dumps(machine())) == recorded
+
+
+def check(name: str, got: dict, recorded: dict) -> tuple[list[str], str]:
+    """(differences, mode): all entries exactly on the recording machine, the stable ones elsewhere."""
+    got = json.loads(json.dumps(got))
+    expected = dict(recorded)
+    env = expected.pop("_recorded_on", None)
+    got.pop("_recorded_on", None)
+    if same_machine(env):
+        return compare(expected, got, name), "the recording machine: every entry, exact tolerances"
+    return (compare(expected, got, name, cross_machine=True),
+            f"another machine than the recording one ({(env or {}).get('cpu')}): {len(CROSS_MACHINE_UNSTABLE)} "
+            f"unstable entries left out, cross-machine tolerances")
 
 
 def one_thread() -> None:
@@ -117,30 +173,48 @@ def real_golden() -> dict:
     return out
 
 
-def compare(expected, got, where: str = "") -> list[str]:
-    """Differences between two golden structures, as readable lines (empty: identical within tolerance)."""
+def _as_float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def compare(expected, got, where: str = "", cross_machine: bool = False) -> list[str]:
+    """Differences between two golden structures, as readable lines (empty: identical within tolerance).
+    ``cross_machine``: leave out :data:`CROSS_MACHINE_UNSTABLE` and use the cross-machine tolerances."""
     diffs = []
+    if cross_machine and where in CROSS_MACHINE_UNSTABLE:
+        return diffs
     if isinstance(expected, dict):
         if not isinstance(got, dict) or set(expected) != set(got):
             return [f"{where}: keys {sorted(expected) if isinstance(expected, dict) else expected} != "
                     f"{sorted(got) if isinstance(got, dict) else got}"]
         for k in expected:
-            diffs += compare(expected[k], got[k], f"{where}/{k}")
+            diffs += compare(expected[k], got[k], f"{where}/{k}", cross_machine)
         return diffs
     if where.endswith("/matrix"):
         e, g = np.asarray(expected), np.asarray(got)
         dr, dt = np.abs(e[:3, :3] - g[:3, :3]).max(), np.abs(e[:3, 3] - g[:3, 3]).max()
-        if dr > ATOL_ROTATION or dt > ATOL_TRANSLATION_MM or not np.array_equal(e[3], g[3]):
+        atol_r = ATOL_ROTATION_CROSS_MACHINE if cross_machine else ATOL_ROTATION
+        atol_t = ATOL_TRANSLATION_MM_CROSS_MACHINE if cross_machine else ATOL_TRANSLATION_MM
+        if dr > atol_r or dt > atol_t or not np.array_equal(e[3], g[3]):
             diffs.append(f"{where}: rotation entries differ by {dr:.2e}, translation by {dt:.2e} mm")
         return diffs
     if isinstance(expected, list):
         if not isinstance(got, list) or len(expected) != len(got):
             return [f"{where}: {expected} != {got}"]
         for i, (e, g) in enumerate(zip(expected, got)):
-            diffs += compare(e, g, f"{where}[{i}]")
+            diffs += compare(e, g, f"{where}[{i}]", cross_machine)
         return diffs
     if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
         if not np.isclose(expected, got, rtol=RTOL_METRIC, atol=1e-9):
+            diffs.append(f"{where}: {expected!r} != {got!r}")
+        return diffs
+    if isinstance(expected, str) and isinstance(got, str) and expected != got and \
+            _as_float(expected) is not None and _as_float(got) is not None:
+        # numbers as text (summary.csv): compared as numbers
+        if not np.isclose(_as_float(expected), _as_float(got), rtol=RTOL_METRIC, atol=1e-9):
             diffs.append(f"{where}: {expected!r} != {got!r}")
         return diffs
     if expected != got:
@@ -161,11 +235,12 @@ def main(argv=None) -> int:
         path = GOLDEN / f"{name}.json"
         if args.record:
             GOLDEN.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(got, indent=1) + "\n")
+            path.write_text(json.dumps(dict(got, _recorded_on=machine()), indent=1) + "\n")
             print(f"wrote {path}")
         else:
-            diffs = compare(json.loads(path.read_text()), got, name)
-            print(f"{name}: " + ("identical within tolerance" if not diffs else "\n  ".join(["DIFFERS"] + diffs)))
+            diffs, mode = check(name, got, json.loads(path.read_text()))
+            print(f"{name} ({mode}): " +
+                  ("identical within tolerance" if not diffs else "\n  ".join(["DIFFERS"] + diffs)))
             status |= bool(diffs)
     return status
 

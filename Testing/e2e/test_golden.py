@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -29,9 +30,10 @@ def restore_threads(monkeypatch):
 
 
 def _check(name, got):
-    expected = json.loads((golden.GOLDEN / f"{name}.json").read_text())
-    diffs = golden.compare(expected, json.loads(json.dumps(got)), name)
-    assert not diffs, "results changed:\n" + "\n".join(diffs)
+    recorded = json.loads((golden.GOLDEN / f"{name}.json").read_text())
+    diffs, mode = golden.check(name, got, recorded)
+    print(f"golden {name}: {mode}")
+    assert not diffs, f"results changed ({mode}):\n" + "\n".join(diffs)
 
 
 def test_sample_methods_demo_and_batch_match_golden(restore_threads):
@@ -41,6 +43,31 @@ def test_sample_methods_demo_and_batch_match_golden(restore_threads):
 @pytest.mark.data("brats/TCGA-FG-6692_sri24", "stroke")
 def test_engines_on_real_cases_match_golden(restore_threads):
     _check("real", golden.real_golden())
+
+
+def test_cross_machine_comparison_leaves_out_only_the_listed_entries():
+    a = {"mi": {"matrix": np.eye(4).tolist()}, "paper": {"matrix": np.eye(4).tolist(), "metric": "0.87902275"}}
+    b = json.loads(json.dumps(a))
+    b["mi"]["matrix"][0][3] = 0.5                    # a listed unstable entry moved
+    b["paper"]["matrix"][0][3] = 5e-4                # within the cross-machine tolerance, not the exact one
+    b["paper"]["metric"] = "0.87902274"              # numbers in text compare as numbers
+    unstable = golden.CROSS_MACHINE_UNSTABLE
+    try:
+        golden.CROSS_MACHINE_UNSTABLE = ("x/mi",)
+        assert golden.compare(a, b, "x", cross_machine=True) == []
+        exact = golden.compare(a, b, "x")
+        assert len(exact) == 2 and exact[0].startswith("x/mi/matrix") and exact[1].startswith("x/paper/matrix")
+        b["paper"]["matrix"][0][3] = 2e-3
+        assert golden.compare(a, b, "x", cross_machine=True)[0].startswith("x/paper/matrix")
+    finally:
+        golden.CROSS_MACHINE_UNSTABLE = unstable
+
+
+def test_the_recording_machine_is_recognised():
+    here = json.loads(json.dumps(golden.machine()))
+    assert golden.same_machine(here) and not golden.same_machine(dict(here, numpy="0.0")) \
+        and not golden.same_machine(None)
+    assert here["cpu"].get("simd") and here["numpy"] == np.__version__
 
 
 def test_compare_reports_a_changed_transform():
