@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import sys
-import threading
 import warnings
 
 from . import __version__
@@ -220,29 +219,8 @@ def main(argv=None) -> int:
 FAST_EXIT_COMMANDS = ("register", "demo")
 
 
-#: Modules that register/demo always need and that take long to import (torch: ~1.2-1.6 s of a 5 s run):
-#: imported on a background thread from the start, while the main thread parses the arguments, imports
-#: numpy/nibabel/scipy and reads and checks the inputs. A failed import there is ignored: the main
-#: thread's own import of the module then raises the real error.
-PREFETCH_MODULES = ("torch",)
-
-
-def _prefetch_imports(modules=PREFETCH_MODULES) -> threading.Thread:
-    def run():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - reported by the main thread's own import
-                pass
-    thread = threading.Thread(target=run, name="mmreg-prefetch-imports", daemon=True)
-    thread.start()
-    return thread
-
-
 def entry(argv=None) -> None:
     """The ``mmreg`` executable (console script and ``python -m``): :func:`main`, then exit."""
-    if _requested_command(argv) in FAST_EXIT_COMMANDS:
-        _prefetch_imports()
     code = main(argv)
     if _requested_command(argv) in FAST_EXIT_COMMANDS:
         for stream in (sys.stdout, sys.stderr):
