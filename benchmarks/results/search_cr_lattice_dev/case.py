@@ -15,3 +15,12 @@ def make(source, regime, seed):
     pts = metrics.overlap_points(case.coronal_t2, case.axial_t2, case.moving_to_fixed)
     return case, pts
 def tre(M, case, pts): return metrics.tre(np.asarray(M), case.moving_to_fixed, pts)["mean"]
+def dev_cases(seed0, sources, regimes, per):
+    """(source, regime, seed, case, overlap points) of the dev seeds seed0 + 1000*source + 100*regime + j."""
+    for si, name in enumerate(evaluate_real.SOURCES):
+        if name not in sources: continue
+        for ri, regime in enumerate(("paper", "large")):
+            if regime not in regimes: continue
+            for j in range(per):
+                seed = seed0 + 1000 * si + 100 * ri + j
+                yield (name, regime, seed) + make(name, regime, seed)
