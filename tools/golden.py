@@ -85,8 +85,16 @@ def check(name: str, got: dict, recorded: dict) -> tuple[list[str], str]:
     if same_machine(env):
         return compare(expected, got, name), "the recording machine: every entry, exact tolerances"
     return (compare(expected, got, name, cross_machine=True),
-            f"another machine than the recording one ({(env or {}).get('cpu')}): {len(CROSS_MACHINE_UNSTABLE)} "
+            f"not the recording machine and libraries ({_differences(env)}): {len(CROSS_MACHINE_UNSTABLE)} "
             f"unstable entries left out, cross-machine tolerances")
+
+
+def _differences(recorded: dict | None) -> str:
+    if not recorded:
+        return "no machine recorded"
+    here = json.loads(json.dumps(machine()))
+    return ", ".join(f"{k}: {recorded.get(k)} here {here.get(k)}" for k in sorted(set(here) | set(recorded))
+                     if here.get(k) != recorded.get(k))
 
 
 def one_thread() -> None:
