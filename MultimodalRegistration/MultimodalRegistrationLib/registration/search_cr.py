@@ -43,22 +43,19 @@ def midpoint_transform(moving: Volume, fixed: Volume, first: np.ndarray, second:
     return out
 
 
-def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward: np.ndarray) -> float:
-    """Mean distance (mm, fixed world) between where ``forward`` (moving->fixed) and ``inv(backward)``
-    (backward: fixed->moving) put the moving stack's signal voxels that fall inside the fixed stack."""
-    pts = overlap_points(moving, fixed, forward, max_points=4000)
-    if not len(pts):
-        return float("inf")
-    by_forward = geometry.apply(forward, pts)
-    by_backward = geometry.apply(np.linalg.inv(backward), pts)
-    return float(np.linalg.norm(by_forward - by_backward, axis=1).mean())
-
-
 def pose_distance_mm(points: np.ndarray, first: np.ndarray, second: np.ndarray) -> float:
-    """Mean distance (mm) between where two moving->fixed transforms put the moving-world ``points``."""
+    """Mean distance (mm) between where two moving->fixed transforms put the moving-world ``points``
+    (inf without points)."""
     if not len(points):
         return float("inf")
     return float(np.linalg.norm(geometry.apply(first, points) - geometry.apply(second, points), axis=1).mean())
+
+
+def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward: np.ndarray) -> float:
+    """Mean distance (mm, fixed world) between where ``forward`` (moving->fixed) and ``inv(backward)``
+    (backward: fixed->moving) put the moving stack's signal voxels that fall inside the fixed stack."""
+    return pose_distance_mm(overlap_points(moving, fixed, forward, max_points=4000), forward,
+                            np.linalg.inv(backward))
 
 
 def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, fwd, bwd, history, tol: float):
@@ -81,7 +78,15 @@ def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, f
         # every estimate of the run lies within the tolerance of the result: nothing to vote on
         vote.update(confirmed=True, result_nmi=None)
         return result, success, vote
-    score = NmiScore(moving, fixed)
+    nmi_of = NmiScore(moving, fixed)
+    scored = {}
+
+    def score(m):   # the same matrix often appears twice (a pass's search result is the final estimate)
+        key = np.asarray(m, dtype=np.float64).tobytes()
+        if key not in scored:
+            scored[key] = nmi_of(m)
+        return scored[key]
+
     own = score(result)
     for r, (_, m) in zip(rows, named):
         r["nmi"] = score(m)
