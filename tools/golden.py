@@ -46,6 +46,14 @@ CROSS_MACHINE_UNSTABLE = ("real/stroke/paper/61001/mi", "real/TCGA-FG-6692/large
                           "real/TCGA-FG-6692/large/61002/search-cr")
 ATOL_TRANSLATION_MM_CROSS_MACHINE = 1e-3
 ATOL_ROTATION_CROSS_MACHINE = 1e-5
+#: Entries that pass through search-cr's NMI polish (L-BFGS, 8 iterations, on float32 samples) follow its
+#: start's last bits further: a start moved by 1e-7 / 1e-5 / 1e-3 mm moved the polished result by up to
+#: 7e-4 / 4e-3 / 3.6e-2 mm (benchmarks/results/search_cr_polish_dev/sensitivity.txt), and the starts
+#: differ across CPUs by ~2.5e-4 mm. On another machine these entries get the tolerances below.
+POLISHED_PATHS = ("/search-cr/", "sample/demo/", "sample/batch/")
+ATOL_TRANSLATION_MM_POLISHED = 0.05
+ATOL_ROTATION_POLISHED = 1e-3
+RTOL_POLISHED = 2e-2
 
 
 def machine() -> dict:
@@ -200,11 +208,15 @@ def compare(expected, got, where: str = "", cross_machine: bool = False) -> list
         for k in expected:
             diffs += compare(expected[k], got[k], f"{where}/{k}", cross_machine)
         return diffs
+    polished = cross_machine and any(p in where + "/" for p in POLISHED_PATHS)
+    rtol = RTOL_POLISHED if polished else RTOL_METRIC
     if where.endswith("/matrix"):
         e, g = np.asarray(expected), np.asarray(got)
         dr, dt = np.abs(e[:3, :3] - g[:3, :3]).max(), np.abs(e[:3, 3] - g[:3, 3]).max()
-        atol_r = ATOL_ROTATION_CROSS_MACHINE if cross_machine else ATOL_ROTATION
-        atol_t = ATOL_TRANSLATION_MM_CROSS_MACHINE if cross_machine else ATOL_TRANSLATION_MM
+        atol_r = ATOL_ROTATION_POLISHED if polished else ATOL_ROTATION_CROSS_MACHINE if cross_machine \
+            else ATOL_ROTATION
+        atol_t = ATOL_TRANSLATION_MM_POLISHED if polished else ATOL_TRANSLATION_MM_CROSS_MACHINE \
+            if cross_machine else ATOL_TRANSLATION_MM
         if dr > atol_r or dt > atol_t or not np.array_equal(e[3], g[3]):
             diffs.append(f"{where}: rotation entries differ by {dr:.2e}, translation by {dt:.2e} mm")
         return diffs
@@ -215,13 +227,13 @@ def compare(expected, got, where: str = "", cross_machine: bool = False) -> list
             diffs += compare(e, g, f"{where}[{i}]", cross_machine)
         return diffs
     if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        if not np.isclose(expected, got, rtol=RTOL_METRIC, atol=1e-9):
+        if not np.isclose(expected, got, rtol=rtol, atol=1e-9):
             diffs.append(f"{where}: {expected!r} != {got!r}")
         return diffs
     if isinstance(expected, str) and isinstance(got, str) and expected != got and \
             _as_float(expected) is not None and _as_float(got) is not None:
         # numbers as text (summary.csv): compared as numbers
-        if not np.isclose(_as_float(expected), _as_float(got), rtol=RTOL_METRIC, atol=1e-9):
+        if not np.isclose(_as_float(expected), _as_float(got), rtol=rtol, atol=1e-9):
             diffs.append(f"{where}: {expected!r} != {got!r}")
         return diffs
     if expected != got:

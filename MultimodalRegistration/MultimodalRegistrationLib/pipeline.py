@@ -235,6 +235,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         transform["success_note"] = (result.details or {}).get("success_note", "no calibrated success rule")
     elif ((result.details or {}).get("vote") or {}).get("note"):
         transform["success_note"] = result.details["vote"]["note"]
+    elif ((result.details or {}).get("nmi_polish") or {}).get("note"):
+        transform["success_note"] = result.details["nmi_polish"]["note"]
     rep = {
         "version": __version__,
         "inputs": {"coronal": str(coronal), "axial": str(axial), "coronal_labels": _s(coronal_labels),
@@ -298,12 +300,15 @@ def _confidence_score(result):
     """One number for sorting and review (higher = more confident), or None without a calibrated rule:
     for search-cr ``1 - disagreement / (2 * threshold)`` clipped to [0, 1], so 0.5 is the calibrated
     threshold (flagged below). A monotone rescaling of the disagreement, not a probability; an agreement
-    that the second metric did not confirm (``details["vote"]``) is capped at 0.45, below the threshold."""
+    that the second metric did not confirm (``details["vote"]``), or that the NMI polish moved by more than the
+threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold."""
     cons = (result.details or {}).get("consistency")
     if result.method.startswith("search-cr") and cons and np.isfinite(cons["mm"]):
         score = float(np.clip(1.0 - float(cons["mm"]) / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0))
         vote = (result.details or {}).get("vote") or {}
         if vote and not vote.get("confirmed", True):
+            score = min(score, 0.45)
+        if ((result.details or {}).get("nmi_polish") or {}).get("note"):     # the polish left the agreed pose
             score = min(score, 0.45)
         return round(score, 4)
     return None
@@ -325,6 +330,12 @@ def _confidence(result) -> dict:
             out["second_metric"] = "normalised mutual information"
             out["second_metric_confirmed"] = bool(vote.get("confirmed"))
             out["result_chosen"] = vote.get("chosen")
+        polish = d.get("nmi_polish")
+        if polish:
+            out["nmi_polish"] = {"applied": bool(polish.get("applied")),
+                                 "moved_mm": round(float(polish.get("moved_mm", 0.0)), 3),
+                                 "nmi_before": round(float(polish["nmi_before"]), 5),
+                                 "nmi_after": round(float(polish["nmi_after"]), 5)}
         return out
     if result.success is None:
         return {"rule": None, "note": d.get("success_note", "no calibrated success rule for this result")}

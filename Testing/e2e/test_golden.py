@@ -79,3 +79,18 @@ def test_compare_reports_a_changed_transform():
     b = json.loads(json.dumps(a))
     b["m"]["success"] = None
     assert golden.compare(a, b) == ["/m/success: True != None"]
+
+
+def test_cross_machine_tolerance_of_polished_entries():
+    """Entries through search-cr's NMI polish get the measured cross-machine tolerance (0.05 mm, 2% on
+    numbers); other entries keep 1e-3 mm, and the recording machine keeps the exact tolerances."""
+    a = {"search-cr": {"matrix": np.eye(4).tolist(), "tre_mean_mm": 0.43}, "mi": {"matrix": np.eye(4).tolist()}}
+    b = json.loads(json.dumps(a))
+    b["search-cr"]["matrix"][0][3] = 0.02
+    b["search-cr"]["tre_mean_mm"] = 0.435
+    assert golden.compare(a, b, "x", cross_machine=True) == []
+    assert len(golden.compare(a, b, "x")) == 2
+    b["mi"]["matrix"][0][3] = 0.02                   # not polished: the 1e-3 mm tolerance
+    assert [d.split(":")[0] for d in golden.compare(a, b, "x", cross_machine=True)] == ["x/mi/matrix"]
+    b["search-cr"]["matrix"][0][3] = 0.08
+    assert "x/search-cr/matrix" in golden.compare(a, b, "x", cross_machine=True)[0]

@@ -211,6 +211,17 @@ class SearchCrParams(SearchNccParams):
     vote: bool = True                    # a second metric (NMI) must not prefer an estimate the result is not
     concurrent: bool = True              # run the two directions at once on two threads when this process may
                                          # use two cores (threads.cpu_share()); same results, about half the time
+    # the last step (registration/nmi_polish.py): L-BFGS on NMI from the result, the axial stack at 1 mm
+    # in-plane; each direction's correlation ratio is biased by ~0.5-1 mm where the ceT1/T2 relation is
+    # not a function. Chosen on 18 tuning-patient dev cases (benchmarks/results/search_cr_polish_dev/):
+    # median TRE 0.66 -> 0.40 mm; the slice profile (3 samples) gave 0.38 mm at 1.7x the time; 30000
+    # points 0.50 mm; 8 iterations as good as 12 at 0.7x the time (12 cases)
+    nmi_polish: bool = True
+    polish_level_mm: float = 1.0
+    polish_points: int = 60000
+    polish_profile_samples: int = 1
+    polish_bins: int = 32
+    polish_iterations: int = 8
 
     def engine(self, **changes) -> SearchNccParams:
         """The search engine's share of these parameters (with ``changes``), for one direction."""

@@ -75,8 +75,10 @@ class SampleWithGrad(torch.autograd.Function):
         return (g[..., None] * grad.permute(1, 2, 0)), None, None
 
 
-def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
-    """-NCC for params x = (rotation vector in degrees, translation in mm) applied after the start about c."""
+def sample_moved(x, lvl: Level, start_inv_t, c_t):
+    """The moving samples (slice-profile averaged, differentiable in ``x``) for params x = (rotation
+    vector in degrees, translation in mm) applied after the start about c: (mv (P,), w (P,) overlap
+    weights, overlap fraction); mv is None when the overlap is under 5% of the fixed points."""
     rv = x[:3] * (math.pi / 180.0)
     th = torch.sqrt((rv * rv).sum() + 1e-18)
     axis = rv / th
@@ -96,9 +98,16 @@ def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
     with torch.no_grad():   # overlap weights: constants of each evaluation (no gradient through the FOV edge)
         w, wi = overlap_weights(vox.detach(), size)
     mv = (v * wi).sum(dim=1)
-    sw = w.sum()
-    if float(sw.detach()) < 0.05 * lvl.n:
+    frac = float(w.sum()) / lvl.n
+    return (None if frac < 0.05 else mv), w, frac
+
+
+def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
+    """-NCC for params x = (rotation vector in degrees, translation in mm) applied after the start about c."""
+    mv, w, frac = sample_moved(x, lvl, start_inv_t, c_t)
+    if mv is None:
         return torch.ones((), dtype=x.dtype) * 1.0 + 0 * x.sum(), 0.0
+    sw = w.sum()
     fixed_vals = lvl.vals
     ma = (w * fixed_vals).sum() / sw
     mb = (w * mv).sum() / sw
@@ -107,12 +116,16 @@ def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
     va = (w * da * da).sum() / sw
     vb = (w * db * db).sum() / sw
     ncc = cov / torch.sqrt(va * vb + 1e-12)
-    return -ncc.double(), float(sw.detach()) / lvl.n
+    return -ncc.double(), frac
 
 
-def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int) -> tuple[np.ndarray, float, float]:
-    """L-BFGS (scipy's L-BFGS-B; torch autograd for the gradient) on the 6 rigid parameters, NCC."""
+def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, loss_fn=None,
+                 ftol: float = 1e-6, gtol: float = 1e-5) -> tuple[np.ndarray, float, float]:
+    """L-BFGS (scipy's L-BFGS-B; torch autograd for the gradient) on the 6 rigid parameters; ``loss_fn``
+    (x, lvl, start_inv_t, c_t) -> (loss, overlap fraction), default -NCC; returns (M, -loss, fraction)."""
     from scipy.optimize import minimize
+
+    loss_fn = loss_fn or _ncc_loss
 
     dev = lvl.pts.device
     start_inv_t = torch.from_numpy(np.linalg.inv(start)).to(dev)
@@ -120,7 +133,7 @@ def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int)
 
     def fun(xn):
         x = torch.tensor(xn, dtype=torch.float64, device=dev, requires_grad=True)
-        loss, _ = _ncc_loss(x, lvl, start_inv_t, c_t)
+        loss, _ = loss_fn(x, lvl, start_inv_t, c_t)
         loss.backward()
         g = x.grad.detach().cpu().numpy().astype(np.float64)
         if not np.all(np.isfinite(g)):
@@ -131,12 +144,12 @@ def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int)
     x0[:3] = 1e-4
     try:
         res = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(iters), "maxfun": int(iters) * 2, "ftol": 1e-6, "gtol": 1e-5})
+                       options={"maxiter": int(iters), "maxfun": int(iters) * 2, "ftol": ftol, "gtol": gtol})
         xv = res.x
     except (RuntimeError, ValueError):
         xv = x0
     with torch.no_grad():
-        loss, frac = _ncc_loss(torch.from_numpy(xv).to(dev), lvl, start_inv_t, c_t)
+        loss, frac = loss_fn(torch.from_numpy(xv).to(dev), lvl, start_inv_t, c_t)
     if not np.all(np.isfinite(xv)):
         return start, -float(loss), frac
     return about(rotvec_matrix(np.radians(xv[:3])), c_world, xv[3:]) @ start, -float(loss), frac

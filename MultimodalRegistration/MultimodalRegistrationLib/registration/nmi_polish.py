@@ -1,0 +1,98 @@
+"""search-cr's last step: a local polish of its result on normalised mutual information.
+
+The correlation ratio fits one image's intensities as a function of the other's, so each direction of
+search-cr carries a bias where the ceT1/T2 relation is not a function (contrast-enhancing tissue,
+vessels, fat): the forward and backward estimates typically lie 0.5-1 mm and ~1 degree from the truth,
+in directions that repeat per patient. NMI scores the joint histogram of both images symmetrically and
+has no such fitted map. This module maximises Studholme's NMI ``(H(F) + H(M)) / H(F, M)`` over the 6
+rigid parameters, from the result, on a finer level than the refinement (the axial stack block-averaged
+to 1 mm in-plane, with its slice profile), by L-BFGS with an exact autograd gradient.
+
+The histogram is differentiable in the pose: each fixed point's bin is fixed (its own intensity), and
+its moving sample is split linearly between the two nearest moving bins (partial-volume binning), so
+the joint histogram, and NMI, move continuously with the samples.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .. import geometry
+from ..volume import Volume
+from .images import robust_scale
+from .refine import Level, sample_moved, refine_lbfgs
+
+_EPS = 1e-10
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p + _EPS)).sum()
+
+
+def nmi_loss(bins: int, counter: list | None = None):
+    """A ``refine_lbfgs`` loss: -100 NMI (scaled so that L-BFGS's tolerances act on ~1e-4 changes of
+    NMI) of the level's fixed values (hard bins) against the moved samples, each spread over four
+    moving bins by a cubic B-spline (Parzen window), so the histogram and its gradient are smooth in the
+    pose. ``counter``: a one-element list that counts the evaluations."""
+    fixed_rows: dict = {}
+    cols = bins + 3                                  # the spline's support reaches one bin below, two above
+
+    def loss(x, lvl: Level, start_inv_t, c_t):
+        if counter is not None:
+            counter[0] += 1
+        mv, w, frac = sample_moved(x, lvl, start_inv_t, c_t)
+        if mv is None:
+            return torch.zeros((), dtype=x.dtype) + 0 * x.sum(), frac
+        key = id(lvl)
+        if key not in fixed_rows:
+            fixed_rows[key] = torch.clamp((lvl.vals * (bins - 1)).long(), 0, bins - 1) * cols
+        t = torch.clamp(mv.double() * (bins - 1), 0.0, bins - 1 - 1e-6)
+        base = torch.floor(t.detach()).long()
+        f = t - base
+        f2, f3 = f * f, f * f * f
+        spline = ((1 - f) ** 3 / 6, (3 * f3 - 6 * f2 + 4) / 6, (-3 * f3 + 3 * f2 + 3 * f + 1) / 6, f3 / 6)
+        wd = w.double()
+        idx = fixed_rows[key] + base               # column base - 1 + k, shifted by one: base + k
+        joint = torch.zeros(bins * cols, dtype=torch.float64, device=mv.device)
+        for k, weight in enumerate(spline):
+            joint = joint.index_add(0, idx + k, wd * weight)
+        p = joint / joint.sum()
+        square = p.view(bins, cols)
+        nmi = (_entropy(square.sum(1)) + _entropy(square.sum(0))) / _entropy(p)
+        return -100.0 * nmi, frac
+
+    return loss
+
+
+def polish_nmi(moving: Volume, fixed: Volume, start: np.ndarray, *, level_mm: float = 1.0, bins: int = 32,
+               max_points: int = 60000, iterations: int = 8, profile: int = 1, seed: int = 0,
+               device: str = "cpu") -> tuple[np.ndarray, dict]:
+    """Maximises NMI from the moving->fixed ``start``; returns (moving->fixed, details: NMI before and
+    after, L-BFGS's evaluations, seconds). Keeps ``start`` when the polish does not raise NMI."""
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    mov = np.asarray(moving.array, dtype=np.float32)
+    mov = mov / robust_scale(mov)
+    fix = np.asarray(fixed.array, dtype=np.float32)
+    fix = fix / robust_scale(fix)
+    lvl = Level(moving, mov, fixed, fix, np.ones(fix.shape, dtype=bool), float(level_mm), int(profile),
+                int(max_points), int(seed), dev)
+    evaluations = [0]
+    loss = nmi_loss(int(bins), evaluations)
+    start = np.asarray(start, dtype=np.float64)
+    c_world = geometry.apply(start, moving.center_world()[None])[0]
+    with torch.no_grad():
+        before = -float(loss(torch.tensor([1e-4, 1e-4, 1e-4, 0.0, 0.0, 0.0], dtype=torch.float64, device=dev), lvl,
+                             torch.from_numpy(np.linalg.inv(start)).to(dev),
+                             torch.from_numpy(c_world).to(dev))[0]) / 100.0
+    t_prep = time.perf_counter() - t0
+    found, value, _ = refine_lbfgs(start, lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7, gtol=1e-6)
+    after = value / 100.0
+    kept = bool(np.isfinite(after) and after > before)
+    details = {"similarity": f"normalised mutual information, {int(bins)} bins, {float(level_mm):g} mm in-plane",
+               "nmi_before": before, "nmi_after": after if kept else before, "applied": kept,
+               "evaluations": evaluations[0],
+               "seconds": {"prepare": round(t_prep, 4), "total": round(time.perf_counter() - t0, 4)}}
+    return (found if kept else start), details
