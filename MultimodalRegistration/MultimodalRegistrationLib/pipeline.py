@@ -237,6 +237,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         transform["success_note"] = result.details["vote"]["note"]
     elif ((result.details or {}).get("nmi_polish") or {}).get("note"):
         transform["success_note"] = result.details["nmi_polish"]["note"]
+    elif ((result.details or {}).get("nmi_polish") or {}).get("agreement_note"):
+        transform["success_note"] = result.details["nmi_polish"]["agreement_note"]
     rep = {
         "version": __version__,
         "inputs": {"coronal": str(coronal), "axial": str(axial), "coronal_labels": _s(coronal_labels),
@@ -304,7 +306,11 @@ def _confidence_score(result):
 threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold."""
     cons = (result.details or {}).get("consistency")
     if result.method.startswith("search-cr") and cons and np.isfinite(cons["mm"]):
-        score = float(np.clip(1.0 - float(cons["mm"]) / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0))
+        mm = float(cons["mm"])
+        polish = (result.details or {}).get("nmi_polish") or {}
+        if result.success and "directions_after_polish_mm" in polish:
+            mm = float(polish["directions_after_polish_mm"])     # the agreement after polishing both
+        score = float(np.clip(1.0 - mm / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0))
         vote = (result.details or {}).get("vote") or {}
         if vote and not vote.get("confirmed", True):
             score = min(score, 0.45)
@@ -336,6 +342,9 @@ def _confidence(result) -> dict:
                                  "moved_mm": round(float(polish.get("moved_mm", 0.0)), 3),
                                  "nmi_before": round(float(polish["nmi_before"]), 5),
                                  "nmi_after": round(float(polish["nmi_after"]), 5)}
+            if "directions_after_polish_mm" in polish:
+                out["nmi_polish"]["directions_after_polish_mm"] = round(float(polish["directions_after_polish_mm"]), 3)
+                out["nmi_polish"]["chosen"] = polish.get("chosen")
         return out
     if result.success is None:
         return {"rule": None, "note": d.get("success_note", "no calibrated success rule for this result")}

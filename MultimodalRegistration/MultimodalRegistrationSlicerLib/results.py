@@ -80,11 +80,16 @@ def format_metrics(result: Mapping) -> str:
         parts.append("success unknown (no calibrated check for this result)")
     elif (result.get("confidence_detail") or {}).get("rule") == "forward/backward agreement":
         c = result["confidence_detail"]
-        if result.get("success"):
+        after = (c.get("nmi_polish") or {}).get("directions_after_polish_mm")
+        if result.get("success") and after is not None:
+            verdict = f"(passes: {after:.1f} mm after polishing each on NMI)"
+        elif result.get("success"):
             verdict = "(passes)"
         elif c.get("second_metric_confirmed") is False and c.get("consistency_mm", float("inf")) <= c.get(
                 "threshold_mm", float("nan")):
             verdict = "(flagged: the second metric prefers another estimate)"
+        elif (c.get("nmi_polish") or {}).get("moved_mm", 0.0) > c.get("threshold_mm", float("inf")):
+            verdict = f"(flagged: the NMI polish moved the result by {c['nmi_polish']['moved_mm']:.1f} mm)"
         else:
             verdict = "(flagged)"
         parts.append(f"forward/backward agree to {c.get('consistency_mm', float('nan')):.1f} mm {verdict}")

@@ -289,6 +289,13 @@ def test_format_metrics_says_why_a_search_cr_result_is_flagged():
     assert "agree to 1.0 mm (flagged: the second metric prefers another estimate)" in results.format_metrics(rejected)
     apart = dict(run, success=False, confidence_detail=dict(detail, consistency_mm=9.0))
     assert "agree to 9.0 mm (flagged) |" in results.format_metrics(apart)
+    moved = dict(run, success=False, confidence_detail=dict(detail, nmi_polish={"applied": True, "moved_mm": 3.2}))
+    assert "agree to 1.0 mm (flagged: the NMI polish moved the result by 3.2 mm)" in results.format_metrics(moved)
+    small = dict(run, confidence_detail=dict(detail, nmi_polish={"applied": True, "moved_mm": 0.4}))
+    assert "(passes)" in results.format_metrics(small)
+    rejoined = dict(run, confidence_detail=dict(detail, consistency_mm=2.6, nmi_polish={
+        "applied": True, "moved_mm": 0.9, "directions_after_polish_mm": 0.31}))
+    assert "agree to 2.6 mm (passes: 0.3 mm after polishing each on NMI)" in results.format_metrics(rejoined)
 
 
 @pytest.mark.parametrize("bad", [

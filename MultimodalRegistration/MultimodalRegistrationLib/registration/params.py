@@ -222,6 +222,7 @@ class SearchCrParams(SearchNccParams):
     polish_profile_samples: int = 1
     polish_bins: int = 32
     polish_iterations: int = 8
+    polish_agreement: bool = True        # directions disagree: polish each; both reaching one pose is the check
 
     def engine(self, **changes) -> SearchNccParams:
         """The search engine's share of these parameters (with ``changes``), for one direction."""

@@ -122,6 +122,39 @@ def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed
     return polished, success, info
 
 
+def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, device, seed, tol):
+    """The forward and backward estimates disagree (farther apart than ``tol``): the result, the forward
+    estimate and the backward one are each polished on NMI (the same sample points, so their NMI values
+    compare). When the polished forward and backward estimates lie within ``tol`` of each other and of the
+    best of the three, two independent starts have reached one NMI optimum: ``success`` is true, with a
+    note. The output is the polished pose with the highest NMI. Returns (result, success, details)."""
+    starts = [("the result", np.asarray(result, dtype=np.float64)),
+              ("the forward estimate", np.asarray(fwd.moving_to_fixed, dtype=np.float64)),
+              ("the backward estimate", np.linalg.inv(np.asarray(bwd.moving_to_fixed, dtype=np.float64)))]
+    done = {}
+    polished = []
+    for name, start in starts:
+        key = start.tobytes()
+        if key not in done:
+            done[key] = polish_nmi(moving, fixed, start, level_mm=params.polish_level_mm, bins=params.polish_bins,
+                                   max_points=params.polish_points, iterations=params.polish_iterations,
+                                   profile=params.polish_profile_samples, seed=seed, device=device)
+        polished.append((name, start) + done[key])
+    best = max(range(3), key=lambda i: polished[i][3]["nmi_after"])
+    name, start, out, info = polished[best]
+    info = dict(info, chosen=name, starts=[{"start": n, "nmi_after": d["nmi_after"]} for n, _, _, d in polished])
+    pts = overlap_points(moving, fixed, out, max_points=4000)
+    info["moved_mm"] = pose_distance_mm(pts, np.asarray(result, dtype=np.float64), out)
+    apart = pose_distance_mm(pts, polished[1][2], polished[2][2])
+    info["directions_after_polish_mm"] = apart
+    agree = apart <= tol and all(pose_distance_mm(pts, out, polished[i][2]) <= tol for i in (1, 2))
+    success = bool(agree)
+    if agree:
+        info["agreement_note"] = (f"the forward and backward estimates disagreed, but polished on NMI they agree to "
+                                  f"{apart:.1f} mm (threshold {tol:g} mm)")
+    return out, success, info
+
+
 def _pair(pool, forward_job, backward_job):
     """Runs the two independent directions at once on ``pool`` (None: one after the other); returns
     (forward result, backward result). Each direction is deterministic on its own (one torch thread,
@@ -253,7 +286,12 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
             vote_seconds = time.perf_counter() - t_vote
             if details["vote"]["chosen"] != "result":
                 details["result"] = details["vote"]["chosen"] + " (preferred by the second metric)"
-        if params.nmi_polish:
+        if params.nmi_polish and success is False and params.polish_agreement and \
+                not (details.get("vote") or {}).get("note"):
+            # the directions disagree: polish each of them too; if both reach one pose, that is the check
+            result, success, details["nmi_polish"] = _polish_directions(moving, fixed, result, fwd, bwd, params,
+                                                                        device, seed, tol)
+        elif params.nmi_polish:
             result, success, details["nmi_polish"] = _polish(moving, fixed, result, success, params, device, seed,
                                                              tol)
             if details["nmi_polish"]["applied"]:
