@@ -302,8 +302,9 @@ def _confidence_score(result):
     """One number for sorting and review (higher = more confident), or None without a calibrated rule:
     for search-cr ``1 - disagreement / (2 * threshold)`` clipped to [0, 1], so 0.5 is the calibrated
     threshold (flagged below). A monotone rescaling of the disagreement, not a probability; an agreement
-    that the second metric did not confirm (``details["vote"]``), or that the NMI polish moved by more than the
-threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold."""
+    that the second metric did not confirm (``details["vote"]``), or that the NMI polish moved by more than
+    the threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold; a result that passed
+    on the re-agreement after polishing both directions is scored on that post-polish distance."""
     cons = (result.details or {}).get("consistency")
     if result.method.startswith("search-cr") and cons and np.isfinite(cons["mm"]):
         mm = float(cons["mm"])
@@ -314,7 +315,7 @@ threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold.""
         vote = (result.details or {}).get("vote") or {}
         if vote and not vote.get("confirmed", True):
             score = min(score, 0.45)
-        if ((result.details or {}).get("nmi_polish") or {}).get("note"):     # the polish left the agreed pose
+        if polish.get("note"):                                   # the polish left the agreed pose
             score = min(score, 0.45)
         return round(score, 4)
     return None

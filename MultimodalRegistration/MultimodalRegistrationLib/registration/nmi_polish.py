@@ -6,11 +6,11 @@ vessels, fat): the forward and backward estimates typically lie 0.5-1 mm and ~1 
 in directions that repeat per patient. NMI scores the joint histogram of both images symmetrically and
 has no such fitted map. This module maximises Studholme's NMI ``(H(F) + H(M)) / H(F, M)`` over the 6
 rigid parameters, from the result, on a finer level than the refinement (the axial stack block-averaged
-to 1 mm in-plane, with its slice profile), by L-BFGS with an exact autograd gradient.
+to 1 mm in-plane; the slice profile is optional, off by default), by L-BFGS with an autograd gradient.
 
 The histogram is differentiable in the pose: each fixed point's bin is fixed (its own intensity), and
-its moving sample is split linearly between the two nearest moving bins (partial-volume binning), so
-the joint histogram, and NMI, move continuously with the samples.
+its moving sample is spread over four neighbouring moving bins by a cubic B-spline (a Parzen window),
+so the joint histogram, and NMI, move smoothly with the samples.
 """
 from __future__ import annotations
 
@@ -66,33 +66,54 @@ def nmi_loss(bins: int, counter: list | None = None):
     return loss
 
 
+class NmiPolisher:
+    """The polish's sample points and moving volume (one :class:`~.refine.Level`), built once and used
+    for any number of starts: polishes from several starts then score NMI on the same points, so their
+    values compare."""
+
+    def __init__(self, moving: Volume, fixed: Volume, *, level_mm: float = 1.0, bins: int = 32,
+                 max_points: int = 60000, profile: int = 1, seed: int = 0, device: str = "cpu"):
+        t0 = time.perf_counter()
+        self.moving = moving
+        self.bins = int(bins)
+        self.level_mm = float(level_mm)
+        self.dev = torch.device(device)
+        mov = np.asarray(moving.array, dtype=np.float32)
+        mov = mov / robust_scale(mov)
+        fix = np.asarray(fixed.array, dtype=np.float32)
+        fix = fix / robust_scale(fix)
+        self.lvl = Level(moving, mov, fixed, fix, np.ones(fix.shape, dtype=bool), self.level_mm, int(profile),
+                         int(max_points), int(seed), self.dev)
+        self.prepare_seconds = time.perf_counter() - t0
+
+    def polish(self, start: np.ndarray, iterations: int = 8) -> tuple[np.ndarray, dict]:
+        """Maximises NMI from the moving->fixed ``start``; returns (moving->fixed, details: NMI before and
+        after, L-BFGS's evaluations, seconds). Keeps ``start`` when the polish does not raise NMI."""
+        t0 = time.perf_counter()
+        evaluations = [0]
+        loss = nmi_loss(self.bins, evaluations)
+        start = np.asarray(start, dtype=np.float64)
+        c_world = geometry.apply(start, self.moving.center_world()[None])[0]
+        with torch.no_grad():
+            before = -float(loss(torch.tensor([1e-4, 1e-4, 1e-4, 0.0, 0.0, 0.0], dtype=torch.float64,
+                                              device=self.dev), self.lvl,
+                                 torch.from_numpy(np.linalg.inv(start)).to(self.dev),
+                                 torch.from_numpy(c_world).to(self.dev))[0]) / 100.0
+        found, value, _ = refine_lbfgs(start, self.lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7,
+                                       gtol=1e-6)
+        after = value / 100.0
+        kept = bool(np.isfinite(after) and after > before)
+        details = {"similarity": f"normalised mutual information, {self.bins} bins, {self.level_mm:g} mm in-plane",
+                   "nmi_before": before, "nmi_after": after if kept else before, "applied": kept,
+                   "evaluations": evaluations[0],
+                   "seconds": {"prepare": round(self.prepare_seconds, 4),
+                               "total": round(self.prepare_seconds + time.perf_counter() - t0, 4)}}
+        return (found if kept else start), details
+
+
 def polish_nmi(moving: Volume, fixed: Volume, start: np.ndarray, *, level_mm: float = 1.0, bins: int = 32,
                max_points: int = 60000, iterations: int = 8, profile: int = 1, seed: int = 0,
                device: str = "cpu") -> tuple[np.ndarray, dict]:
-    """Maximises NMI from the moving->fixed ``start``; returns (moving->fixed, details: NMI before and
-    after, L-BFGS's evaluations, seconds). Keeps ``start`` when the polish does not raise NMI."""
-    t0 = time.perf_counter()
-    dev = torch.device(device)
-    mov = np.asarray(moving.array, dtype=np.float32)
-    mov = mov / robust_scale(mov)
-    fix = np.asarray(fixed.array, dtype=np.float32)
-    fix = fix / robust_scale(fix)
-    lvl = Level(moving, mov, fixed, fix, np.ones(fix.shape, dtype=bool), float(level_mm), int(profile),
-                int(max_points), int(seed), dev)
-    evaluations = [0]
-    loss = nmi_loss(int(bins), evaluations)
-    start = np.asarray(start, dtype=np.float64)
-    c_world = geometry.apply(start, moving.center_world()[None])[0]
-    with torch.no_grad():
-        before = -float(loss(torch.tensor([1e-4, 1e-4, 1e-4, 0.0, 0.0, 0.0], dtype=torch.float64, device=dev), lvl,
-                             torch.from_numpy(np.linalg.inv(start)).to(dev),
-                             torch.from_numpy(c_world).to(dev))[0]) / 100.0
-    t_prep = time.perf_counter() - t0
-    found, value, _ = refine_lbfgs(start, lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7, gtol=1e-6)
-    after = value / 100.0
-    kept = bool(np.isfinite(after) and after > before)
-    details = {"similarity": f"normalised mutual information, {int(bins)} bins, {float(level_mm):g} mm in-plane",
-               "nmi_before": before, "nmi_after": after if kept else before, "applied": kept,
-               "evaluations": evaluations[0],
-               "seconds": {"prepare": round(t_prep, 4), "total": round(time.perf_counter() - t0, 4)}}
-    return (found if kept else start), details
+    """One polish from ``start`` (:class:`NmiPolisher`); returns (moving->fixed, details)."""
+    return NmiPolisher(moving, fixed, level_mm=level_mm, bins=bins, max_points=max_points, profile=profile,
+                       seed=seed, device=device).polish(start, iterations)

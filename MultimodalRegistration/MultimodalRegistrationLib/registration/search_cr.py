@@ -21,10 +21,10 @@ from .. import geometry
 from ..metrics import overlap_points
 from ..threads import cpu_share, torch_threads
 from ..volume import Volume
+from .nmi_polish import NmiPolisher
 from .params import SearchCrParams, SearchNccParams
 from .pyramid import shrink_inplane
 from .result import RegistrationResult
-from .nmi_polish import polish_nmi
 from .search_ncc import register_search_ncc
 from .vote import NmiScore
 
@@ -107,13 +107,17 @@ def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, f
     return result, success, vote
 
 
+def _polisher(moving, fixed, params: SearchCrParams, device, seed) -> NmiPolisher:
+    return NmiPolisher(moving, fixed, level_mm=params.polish_level_mm, bins=params.polish_bins,
+                       max_points=params.polish_points, profile=params.polish_profile_samples, seed=seed,
+                       device=device)
+
+
 def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed, tol):
     """The NMI polish (:mod:`.nmi_polish`) of ``result``; returns (result, success, details). A polish that
     moves a successful result farther than ``tol`` has left the pose the two directions agreed on: the
     result is then no longer confirmed (success false, with a note)."""
-    polished, info = polish_nmi(moving, fixed, result, level_mm=params.polish_level_mm, bins=params.polish_bins,
-                                max_points=params.polish_points, iterations=params.polish_iterations,
-                                profile=params.polish_profile_samples, seed=seed, device=device)
+    polished, info = _polisher(moving, fixed, params, device, seed).polish(result, params.polish_iterations)
     info["moved_mm"] = pose_distance_mm(overlap_points(moving, fixed, result, max_points=4000), result, polished)
     if success and info["moved_mm"] > tol:
         success = False
@@ -124,21 +128,21 @@ def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed
 
 def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, device, seed, tol):
     """The forward and backward estimates disagree (farther apart than ``tol``): the result, the forward
-    estimate and the backward one are each polished on NMI (the same sample points, so their NMI values
-    compare). When the polished forward and backward estimates lie within ``tol`` of each other and of the
-    best of the three, two independent starts have reached one NMI optimum: ``success`` is true, with a
-    note. The output is the polished pose with the highest NMI. Returns (result, success, details)."""
+    estimate and the backward one are each polished on NMI (one polisher: the same sample points, so their
+    NMI values compare). When the polished forward and backward estimates lie within ``tol`` of each other
+    and of the best of the three, two independent starts have reached one NMI optimum: ``success`` is
+    true, with a note. The output is the polished pose with the highest NMI. Returns (result, success,
+    details)."""
     starts = [("the result", np.asarray(result, dtype=np.float64)),
               ("the forward estimate", np.asarray(fwd.moving_to_fixed, dtype=np.float64)),
               ("the backward estimate", np.linalg.inv(np.asarray(bwd.moving_to_fixed, dtype=np.float64)))]
+    polisher = _polisher(moving, fixed, params, device, seed)
     done = {}
     polished = []
     for name, start in starts:
-        key = start.tobytes()
+        key = start.tobytes()       # the result is often the forward estimate itself
         if key not in done:
-            done[key] = polish_nmi(moving, fixed, start, level_mm=params.polish_level_mm, bins=params.polish_bins,
-                                   max_points=params.polish_points, iterations=params.polish_iterations,
-                                   profile=params.polish_profile_samples, seed=seed, device=device)
+            done[key] = polisher.polish(start, params.polish_iterations)
         polished.append((name, start) + done[key])
     best = max(range(3), key=lambda i: polished[i][3]["nmi_after"])
     name, start, out, info = polished[best]
