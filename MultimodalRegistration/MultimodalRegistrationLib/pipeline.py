@@ -124,11 +124,8 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     timings["load"] = time.perf_counter() - t0
 
     workers = cpu_share(2)
-    # search-cr and mi register the original ceT1 to the T2 (any contrast), so the translator's synthetic
-    # T2 (an output, not an input of theirs) is computed on a second thread while they run, one torch
-    # thread each; search-ncc and paper register the synthetic T2 itself (monomodal), so it comes first.
     registers_synth = method not in ("mi", "search-cr")
-    concurrent = workers > 1 and not registers_synth
+    concurrent = translate_alongside(method)
     # independent jobs (translation, resampling, label transfer, writes; scipy, torch and zlib release the
     # GIL), collected in order
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -268,6 +265,16 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     # transform.json last: its presence means every other output is complete.
     _write_text(out_dir / OUTPUT_FILES["transform_json"], json.dumps(transform, indent=2)); tick()
     return transform
+
+
+def translate_alongside(method: str) -> bool:
+    """Whether the translator runs on a thread of its own while ``method`` registers. search-cr and mi
+    register the original ceT1 to the T2 (any contrast), so the synthetic T2 is an output, not an input of
+    theirs; search-ncc and paper register the synthetic T2 itself, so it comes first. Alongside only with
+    three or more cores (:func:`~.threads.cpu_share`): on two, search-cr's two directions already keep both
+    busy, and sharing them with the translator made its registration stage 1.3x slower for the same wall
+    time (benchmarks/results/e2e_v5/README.md); the translator then runs first, on both cores."""
+    return method in ("mi", "search-cr") and cpu_share(3) >= 3
 
 
 def _timed(fn, *args, **kwargs):

@@ -295,6 +295,7 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
             # the directions disagree: polish each of them too; if both reach one pose, that is the check
             result, success, details["nmi_polish"] = _polish_directions(moving, fixed, result, fwd, bwd, params,
                                                                         device, seed, tol)
+            details["result"] = f"{details['nmi_polish']['chosen']}, polished on NMI (the best of three polished starts)"
         elif params.nmi_polish:
             result, success, details["nmi_polish"] = _polish(moving, fixed, result, success, params, device, seed,
                                                              tol)
