@@ -194,17 +194,21 @@ class SearchCrParams(SearchNccParams):
     cr_bins: int = 16
     also_search_from_center: bool = True
     # headers off by up to 30 deg (issue 11): the rotation lattice reaches 30 deg in 10 deg steps (123
-    # rotations) on a coarse grid, the 4 best again on the 8 mm grid; at 15 deg / 7.5 deg on a 12 mm grid a
+    # rotations) on a coarse grid, the best of them again on the 8 mm grid; at 15 deg / 7.5 deg on a 12 mm grid a
     # 24 deg offset was found by neither direction, and the rescue made them agree on a 35 mm error.
     # 22-71% more CPU on three dev cases (benchmarks/results/search_cr_lattice_dev/README.md). The coarse
     # grid is 12 mm, not 16: a 16 mm grid samples a thin coronal slab (12 slices of 2.2 mm) with two
     # points, and on 78 tuning-patient dev cases (72 with exact truth; 30 of them 24-30 mm slabs) 12 mm
     # gave 71/72 under 2 mm against 67/72, none confidently wrong either way, at the same median time
-    # (benchmarks/results/search_cr_thin_dev/README.md)
+    # (benchmarks/results/search_cr_thin_dev/README.md). The 16 best rotations of the coarse grid (not 4)
+    # are scored again on the fine grid: on thin slabs the coarse ranking misses the true rotation, and both
+    # directions then agreed on a wrong one (a tuning-patient case 11.5 mm off, flagged successful); on 147
+    # tuning-patient dev cases 144 under 2 mm against 142, flag agreement 145 against 142, none
+    # confidently wrong against one, at about the same median time (same README)
     search_rot_deg: float = 30.0
     search_rot_step_deg: float = 10.0
     search_coarse_grid_mm: float = 12.0
-    search_keep: int = 4
+    search_keep: int = 16
     iterations: Tuple[int, ...] = (40, 30)   # LM on the ratio converges more slowly than on NCC (it stops once converged)
     success_ncc: float = 0.0             # not used: success comes from the consistency check
     consistency: bool = True             # run the backward registration as well
