@@ -204,7 +204,8 @@ class SearchCrParams(SearchNccParams):
     # are scored again on the fine grid: on thin slabs the coarse ranking misses the true rotation, and both
     # directions then agreed on a wrong one (a tuning-patient case 11.5 mm off, flagged successful); on 147
     # tuning-patient dev cases 144 under 2 mm against 142, flag agreement 145 against 142, none
-    # confidently wrong against one, at about the same median time (same README)
+    # confidently wrong against one (same README); it costs about 15% more registration time
+    # (benchmarks/results/e2e_v6/README.md)
     search_rot_deg: float = 30.0
     search_rot_step_deg: float = 10.0
     search_coarse_grid_mm: float = 12.0
