@@ -124,7 +124,7 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     timings["load"] = time.perf_counter() - t0
 
     workers = cpu_share(2)
-    registers_synth = method not in ("mi", "search-cr")
+    registers_synth = method not in REGISTER_ORIGINAL_CET1
     concurrent = translate_alongside(method)
     # independent jobs (translation, resampling, label transfer, writes; scipy, torch and zlib release the
     # GIL), collected in order
@@ -267,6 +267,10 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     return transform
 
 
+#: the methods that register the original ceT1 to the T2 (the others register the synthetic T2)
+REGISTER_ORIGINAL_CET1 = ("mi", "search-cr")
+
+
 def translate_alongside(method: str) -> bool:
     """Whether the translator runs on a thread of its own while ``method`` registers. search-cr and mi
     register the original ceT1 to the T2 (any contrast), so the synthetic T2 is an output, not an input of
@@ -274,7 +278,7 @@ def translate_alongside(method: str) -> bool:
     three or more cores (:func:`~.threads.cpu_share`): on two, search-cr's two directions already keep both
     busy, and sharing them with the translator made its registration stage 1.3x slower for the same wall
     time (benchmarks/results/e2e_v5/README.md); the translator then runs first, on both cores."""
-    return method in ("mi", "search-cr") and cpu_share(3) >= 3
+    return method in REGISTER_ORIGINAL_CET1 and cpu_share(3) >= 3
 
 
 def _timed(fn, *args, **kwargs):

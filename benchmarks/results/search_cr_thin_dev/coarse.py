@@ -1,5 +1,4 @@
 import sys
-sys.path.insert(0, "/tmp/prof")
 from thincase import *
 from MultimodalRegistrationLib.registration import search as S
 name, seed = sys.argv[1], int(sys.argv[2])

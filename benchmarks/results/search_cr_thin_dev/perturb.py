@@ -1,5 +1,4 @@
 import sys, time
-sys.path.insert(0, "/tmp/prof")
 from thincase import *
 from MultimodalRegistrationLib.geometry import about, rotvec_matrix
 name, seed = sys.argv[1], int(sys.argv[2]); deg = float(sys.argv[3]) if len(sys.argv) > 3 else 12.0

@@ -8,10 +8,14 @@ from MultimodalRegistrationLib.registration import register
 from MultimodalRegistrationLib.registration.vote import NmiScore
 from MultimodalRegistrationLib.registration.nmi_polish import NmiPolisher
 from scipy.spatial.transform import Rotation as R
+def thin_params(regime="large"):
+    """evaluate-real's "bench" generator with ``regime``'s header offsets and a thin coronal stack (12 slices
+    of 2.0-2.5 mm: 24-30 mm), as thindev.py uses it."""
+    rot, shift = evaluate_real.REGIMES[regime]
+    return replace(simulate.PRESETS["bench"], header_rot_deg=rot, header_shift_mm=shift, cor_slices=(12, 12),
+                   cor_slice_mm=(2.0, 2.5))
 def make_thin(name, seed):
-    rot, shift = evaluate_real.REGIMES["large"]
-    sp = replace(simulate.PRESETS["bench"], header_rot_deg=rot, header_shift_mm=shift, cor_slices=(12, 12), cor_slice_mm=(2.0, 2.5))
-    case = simulate.simulate_case(simulate.load_brats_source(name), seed=seed, params=sp)
+    case = simulate.simulate_case(simulate.load_brats_source(name), seed=seed, params=thin_params())
     pts = metrics.overlap_points(case.coronal_t2, case.axial_t2, case.moving_to_fixed)
     return case, pts
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
 """dev (issue 11): search-cr on thin coronal slabs (12 slices of 2.0-2.5 mm: 24-30 mm) of the tuning
 patients. python thindev.py OUT.jsonl seed0 params-json regime per [sources]"""
 import sys, time, json
-from dataclasses import replace
 import numpy as np
 import torch, SimpleITK as sitk
 torch.set_num_threads(2); sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
 from MultimodalRegistrationLib import metrics
-from MultimodalRegistrationLab import evaluate_real, simulate
+from MultimodalRegistrationLab import simulate
 from MultimodalRegistrationLib.registration import register
+from thincase import thin_params
 
 out, seed0, params, regime, per = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 sources = sys.argv[6].split(",") if len(sys.argv) > 6 else ["BraTSorch-case", "TCGA-FG-6692", "stroke"]
-rot, shift = evaluate_real.REGIMES[regime]
-sp = replace(simulate.PRESETS["bench"], header_rot_deg=rot, header_shift_mm=shift, cor_slices=(12, 12),
-             cor_slice_mm=(2.0, 2.5))
+sp = thin_params(regime)
 with open(out, "w") as fh:
     for si, name in enumerate(sources):
         src = simulate.load_brats_source(name)
