@@ -244,3 +244,44 @@ def test_translator_runs_alongside_only_with_a_core_of_its_own(monkeypatch, thre
 
     monkeypatch.setenv("OMP_NUM_THREADS", threads)
     assert translate_alongside(method) is alongside
+
+
+def test_search_scores_a_batch_of_rotations_as_it_scores_each_alone(fast_case):
+    """The FFT search scores its rotations in batches (one sampling call, one batch of FFTs): the same
+    best score and pose per rotation as scoring each alone, and a sampled moving image that matches
+    trilinear sampling at the voxel positions the pose gives."""
+    import torch
+
+    from MultimodalRegistrationLib import geometry
+    from MultimodalRegistrationLib.registration.images import gradient_magnitude, signal_mask
+    from MultimodalRegistrationLib.registration.search import SearchGrid, moving_for_search, rotation_lattice
+    from MultimodalRegistrationLib.registration.sampling import sample_voxels
+
+    mov = np.asarray(fast_case.coronal_cet1.array, np.float32)
+    fix = np.asarray(fast_case.axial_t2.array, np.float32)
+    fixed = fast_case.axial_t2
+    mov_t, shrunk = moving_for_search(mov / mov.max(), fast_case.coronal_cet1, 12.0)
+    mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
+    grid = SearchGrid(gradient_magnitude(fix / fix.max(), fixed.spacing), fixed, signal_mask(fix, 0.08, 1),
+                      12.0, 50.0)
+    c = shrunk.center_world()
+    poses = [about(rotvec_matrix(rv), c) for rv in rotation_lattice(20.0, 10.0)]
+    batch = grid.score_many(mov_t, shrunk, poses)
+    assert len(batch) == len(poses) == 33
+    for (s_b, m_b), pose in zip(batch, poses):
+        s_1, m_1 = grid.score(mov_t, shrunk, pose)
+        assert abs(s_b - s_1) < 1e-5 and np.allclose(m_b, m_1, atol=1e-9)
+    # the sampling itself against voxel positions computed the direct way
+    values, inside = grid.sample_moving_many(mov_t, shrunk, poses[5:7])
+    idx = np.indices(grid.shape).reshape(3, -1).T.astype(np.float64)
+    for k, pose in enumerate(poses[5:7]):
+        vox = geometry.apply(np.linalg.inv(shrunk.affine) @ np.linalg.inv(pose) @ grid.index_to_world, idx)
+        size = np.asarray(shrunk.shape, np.float64)
+        ins = np.all((vox >= -0.5) & (vox <= size - 0.5), axis=1)
+        ref = sample_voxels(mov_t, torch.from_numpy(vox.astype(np.float32)),
+                            torch.tensor(shrunk.shape, dtype=torch.float32))[0].numpy()
+        ref = np.where(ins, ref, 0.0)
+        assert ins.sum() > 300                                  # not an empty comparison
+        assert (inside[k].ravel() != ins).mean() < 1e-3          # float32 rounding at the very border
+        both = inside[k].ravel() == ins
+        assert np.abs(values[k].ravel()[both] - ref[both]).max() < 1e-4 * float(mov_t.max())

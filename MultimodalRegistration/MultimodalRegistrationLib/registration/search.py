@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import fft as sfft
 
 from .. import geometry
@@ -14,7 +15,11 @@ from ..progress import report
 from ..volume import Volume
 from .images import gradient_magnitude
 from .pyramid import shrink_inplane, smooth_for
-from .sampling import sample_voxels
+
+
+#: the NCC search scores its rotations in batches of about this many grid voxels (each batch holds some
+#: twenty float32/complex64 arrays of this size: about 0.3 GB at 2M)
+_BATCH_VOXELS = 2_000_000
 
 
 def rotation_lattice(radius_deg: float, step_deg: float) -> list[np.ndarray]:
@@ -35,6 +40,11 @@ def rotation_lattice(radius_deg: float, step_deg: float) -> list[np.ndarray]:
 
 def _rfft(a):
     return sfft.rfftn(a, workers=1)
+
+
+def _rfft_many(a):
+    """The 3-D real FFT of each volume of a stack (n, I, J, K)."""
+    return sfft.rfftn(a, axes=(-3, -2, -1), workers=1)
 
 
 class SearchGrid:
@@ -74,25 +84,52 @@ class SearchGrid:
 
     def sample_moving(self, mov_t, moving: Volume, rotated: np.ndarray):
         """The moving volume (torch, (1, 1, I, J, K)) and its inside mask on this grid, through ``rotated``."""
-        grid_to_voxel = np.linalg.inv(moving.affine) @ np.linalg.inv(rotated) @ self.index_to_world
-        vox = self.idx @ torch.from_numpy(grid_to_voxel[:3, :3].T.astype(np.float32)) + \
-            torch.from_numpy(grid_to_voxel[:3, 3].astype(np.float32))
-        size = torch.tensor(moving.shape, dtype=torch.float32)
-        inside = ((vox >= -0.5) & (vox <= size - 0.5)).all(dim=1)
-        v = sample_voxels(mov_t, vox, size)[0]
+        values, inside = self.sample_moving_many(mov_t, moving, [rotated])
+        return values[0], inside[0]
+
+    def sample_moving_many(self, mov_t, moving: Volume, rotated: list):
+        """:meth:`sample_moving` for several poses at once (one sampling call): (values, inside masks),
+        each (len(rotated), *shape)."""
+        to_voxel = np.stack([np.linalg.inv(moving.affine) @ np.linalg.inv(r) @ self.index_to_world for r in rotated])
+        # straight to grid_sample's normalised coordinates (x = the last voxel axis; align_corners: the
+        # first and last voxel centres at -1 and 1), one affine per pose
+        size = np.asarray(moving.shape, dtype=np.float64)
+        scale = 2.0 / np.maximum(size - 1.0, 1.0)
+        to_norm = to_voxel[:, :3, :] * scale[None, :, None]
+        to_norm[:, :, 3] -= 1.0
+        to_norm = to_norm[:, ::-1, :]
+        lin = torch.from_numpy(np.ascontiguousarray(to_norm[:, :, :3].transpose(0, 2, 1)).astype(np.float32))
+        off = torch.from_numpy(np.ascontiguousarray(to_norm[:, None, :, 3]).astype(np.float32))
+        grid = torch.baddbmm(off, self.idx.expand(len(rotated), -1, -1), lin)     # (R, N, 3)
+        # inside the stack: within half a voxel of the outer voxel centres
+        bound = torch.from_numpy((1.0 + 0.5 * scale[::-1]).astype(np.float32))
+        inside = (grid.abs() <= bound).all(dim=-1)
+        v = F.grid_sample(mov_t, grid.reshape(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border",
+                          align_corners=True).reshape(grid.shape[:2])
         v = torch.where(inside, v, torch.zeros((), dtype=v.dtype))
-        return v.reshape(self.shape).numpy(), inside.reshape(self.shape).numpy()
+        n = len(rotated)
+        return v.reshape(n, *self.shape).numpy(), inside.reshape(n, *self.shape).numpy()
 
     def _best(self, score: np.ndarray, overlap: np.ndarray, rotated: np.ndarray) -> tuple[float, np.ndarray]:
+        return self._best_many(score[None], overlap[None], [rotated])[0]
+
+    def _best_many(self, score: np.ndarray, overlap: np.ndarray, rotated: list) -> list:
         # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
         # slab may overlap only a small part of the head; tiny overlaps give meaningless scores)
-        min_n = max(0.5 * float(overlap[self.in_range].max()), 50.0 * (6.0 / self.grid_mm) ** 3)
-        score[(overlap < min_n) | ~self.in_range] = -np.inf
-        idx = np.unravel_index(int(np.argmax(score)), score.shape)
-        t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.grid_mm
-        shift = np.eye(4)
-        shift[:3, 3] = self.direction @ t
-        return float(score[idx]), shift @ rotated
+        n = len(rotated)
+        in_range = np.broadcast_to(self.in_range, self.shape)
+        best_overlap = np.where(in_range[None], overlap, -np.inf).reshape(n, -1).max(axis=1)
+        min_n = np.maximum(0.5 * best_overlap, 50.0 * (6.0 / self.grid_mm) ** 3)
+        score = np.where((overlap < min_n[:, None, None, None]) | ~in_range[None], -np.inf, score)
+        flat = np.argmax(score.reshape(n, -1), axis=1)
+        out = []
+        for r, f, rot in zip(range(n), flat, rotated):
+            idx = np.unravel_index(int(f), self.shape)
+            t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.grid_mm
+            shift = np.eye(4)
+            shift[:3, 3] = self.direction @ t
+            out.append((float(score[(r,) + idx]), shift @ rot))
+        return out
 
     def score_cr(self, mov_t, moving: Volume, rotated: np.ndarray, edges: np.ndarray) -> tuple[float, np.ndarray]:
         """Best correlation ratio (Roche et al. 1998) of the fixed intensities given the moving intensity
@@ -121,22 +158,30 @@ class SearchGrid:
 
     def score(self, mov_t, moving: Volume, rotated: np.ndarray) -> tuple[float, np.ndarray]:
         """Best masked NCC over all shifts within ``shift_mm`` for the rotation ``rotated``: (ncc, moving_to_fixed)."""
-        moving_on_grid, moving_inside = self.sample_moving(mov_t, moving, rotated)
+        return self.score_many(mov_t, moving, [rotated])[0]
+
+    def score_many(self, mov_t, moving: Volume, rotated: list) -> list:
+        """:meth:`score` for several rotations at once: one sampling call and one batch of FFTs for all of
+        them (the per-rotation work is small; one call each would mostly cost call overhead)."""
+        moving_on_grid, moving_inside = self.sample_moving_many(mov_t, moving, rotated)
         inside_f = moving_inside.astype(np.float32)
-        fft_mov = np.conj(_rfft(moving_on_grid))
-        fft_mov_sq = np.conj(_rfft(moving_on_grid * moving_on_grid))
-        fft_inside = np.conj(_rfft(inside_f))
-        overlap = self._irfft(self.fft_mask * fft_inside)
-        s1 = self._irfft(self.fft_fixed * fft_inside)
-        s2 = self._irfft(self.fft_mask * fft_mov)
-        s11 = self._irfft(self.fft_fixed_sq * fft_inside)
-        s22 = self._irfft(self.fft_mask * fft_mov_sq)
-        s12 = self._irfft(self.fft_fixed * fft_mov)
+        fft_mov = np.conj(_rfft_many(moving_on_grid))
+        fft_mov_sq = np.conj(_rfft_many(moving_on_grid * moving_on_grid))
+        fft_inside = np.conj(_rfft_many(inside_f))
+        overlap = self._irfft_many(self.fft_mask * fft_inside)
+        s1 = self._irfft_many(self.fft_fixed * fft_inside)
+        s2 = self._irfft_many(self.fft_mask * fft_mov)
+        s11 = self._irfft_many(self.fft_fixed_sq * fft_inside)
+        s22 = self._irfft_many(self.fft_mask * fft_mov_sq)
+        s12 = self._irfft_many(self.fft_fixed * fft_mov)
         n_safe = np.maximum(overlap, 1.0)
         num = s12 - s1 * s2 / n_safe
         den = (s11 - s1 * s1 / n_safe) * (s22 - s2 * s2 / n_safe)
         ncc = num / np.sqrt(np.maximum(den, 1e-6))
-        return self._best(ncc, overlap, rotated)
+        return self._best_many(ncc, overlap, rotated)
+
+    def _irfft_many(self, a):
+        return sfft.irfftn(a, s=self.shape, axes=(-3, -2, -1), workers=1)
 
 
 def moving_for_search(mov: np.ndarray, moving: Volume, grid_mm: float):
@@ -173,13 +218,19 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
             mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
         grid = SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm)
         out = []
-        for i, rotated in enumerate(rotated_starts):
-            if cr_edges is not None and feature == "intensity":
+        if cr_edges is not None and feature == "intensity":
+            for i, rotated in enumerate(rotated_starts):
                 value, found = grid.score_cr(mov_t, shrunk, rotated, cr_edges)
-            else:
-                value, found = grid.score(mov_t, shrunk, rotated)
-            out.append((value, found, rotated))
-            report(progress, "register", done + i + 1, n_report + 4)
+                out.append((value, found, rotated))
+                report(progress, "register", done + i + 1, n_report + 4)
+            return out
+        # NCC: the rotations in batches of about _BATCH_VOXELS grid voxels (bounded memory)
+        per = max(1, _BATCH_VOXELS // int(np.prod(grid.shape)))
+        for i in range(0, len(rotated_starts), per):
+            chunk = rotated_starts[i:i + per]
+            for (value, found), rotated in zip(grid.score_many(mov_t, shrunk, chunk), chunk):
+                out.append((value, found, rotated))
+            report(progress, "register", done + i + len(chunk), n_report + 4)
         return out
 
     if two_stage:
