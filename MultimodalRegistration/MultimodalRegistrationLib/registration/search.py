@@ -75,8 +75,9 @@ class SearchGrid:
         self.fft_mask = _rfft(mask_on_grid.astype(np.float32))
         shifts = [np.fft.fftfreq(n, 1.0 / n) for n in self.shape]   # signed integer shifts per index
         self.sx, self.sy, self.sz = np.meshgrid(*shifts, indexing="ij", sparse=True)
-        self.in_range = ((np.abs(self.sx) * grid_mm <= shift_mm) & (np.abs(self.sy) * grid_mm <= shift_mm)
-                         & (np.abs(self.sz) * grid_mm <= shift_mm))
+        in_range = ((np.abs(self.sx) * grid_mm <= shift_mm) & (np.abs(self.sy) * grid_mm <= shift_mm)
+                    & (np.abs(self.sz) * grid_mm <= shift_mm))
+        self.in_range = np.broadcast_to(in_range, self.shape)     # the shifts within shift_mm, per grid voxel
         self.idx = torch.from_numpy(np.indices(self.shape, dtype=np.float32).reshape(3, -1).T.copy())
 
     def _irfft(self, a):
@@ -117,13 +118,12 @@ class SearchGrid:
         # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
         # slab may overlap only a small part of the head; tiny overlaps give meaningless scores)
         n = len(rotated)
-        in_range = np.broadcast_to(self.in_range, self.shape)
-        best_overlap = np.where(in_range[None], overlap, -np.inf).reshape(n, -1).max(axis=1)
+        best_overlap = np.where(self.in_range[None], overlap, -np.inf).reshape(n, -1).max(axis=1)
         min_n = np.maximum(0.5 * best_overlap, 50.0 * (6.0 / self.grid_mm) ** 3)
-        score = np.where((overlap < min_n[:, None, None, None]) | ~in_range[None], -np.inf, score)
+        score = np.where((overlap < min_n[:, None, None, None]) | ~self.in_range[None], -np.inf, score)
         flat = np.argmax(score.reshape(n, -1), axis=1)
         out = []
-        for r, f, rot in zip(range(n), flat, rotated):
+        for r, (f, rot) in enumerate(zip(flat, rotated)):
             idx = np.unravel_index(int(f), self.shape)
             t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.grid_mm
             shift = np.eye(4)
