@@ -160,22 +160,26 @@ def ncc_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, jac
     slice-profile-averaged moving samples with respect to the update ``about(R(w), c, t) @ M`` at
     w = t = 0 (w: rotation vector in radians, t: translation in mm).
 
-    Returns (ncc, overlap fraction, mv (P,), w (P,), J (P, 6) or None); ncc is nan when the overlap
-    is under 5% of the fixed points."""
+    Only the fixed points with a sample inside the moving stack enter (the others have zero weight: a
+    coronal slab overlaps some 25-45% of the axial points): ``rows`` are their indices in the level's
+    points. Returns (ncc, overlap fraction, mv (R,), w (R,), J (R, 6) or None, rows (R,)); ncc is nan when
+    the overlap is under 5% of the fixed points."""
     world_to_voxel = lvl.inv_aff_np @ np.linalg.inv(moving_to_fixed)       # fixed world -> moving voxel
     linear = world_to_voxel[:3, :3]
     off = linear @ lvl.origin_np + world_to_voxel[:3, 3]
     dev = lvl.pts.device
     vox = lvl.pts @ torch.from_numpy(linear.T.astype(np.float32)).to(dev) + \
         torch.from_numpy(off.astype(np.float32)).to(dev)
-    out = sample_voxels(lvl.mov, vox, lvl.shape)                    # (4, P, S)
     w, wi = overlap_weights(vox, lvl.shape)
+    rows = torch.nonzero(w > 0).reshape(-1)
+    vox, w, wi = vox[rows], w[rows], wi[rows]
+    out = sample_voxels(lvl.mov, vox, lvl.shape)                    # (4, R, S)
     mv = (out[0] * wi).sum(dim=1)
     sw = float(w.sum())
     frac = sw / lvl.n
     if sw < 0.05 * lvl.n:
-        return float("nan"), frac, mv, w, None
-    fixed_vals = lvl.vals
+        return float("nan"), frac, mv, w, None, rows
+    fixed_vals = lvl.vals[rows]
     da = fixed_vals - (w * fixed_vals).sum() / sw
     db = mv - (w * mv).sum() / sw
     ncc = float((w * da * db).sum() / torch.sqrt((w * da * da).sum() * (w * db * db).sum() + 1e-12))
@@ -184,11 +188,11 @@ def ncc_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, jac
         # d vox / d w_k = K (r x e_k) with r = p - c, d vox / d t = -K; g = sampled image gradient:
         # g . K (r x e_k) = ((K^T g) x r)_k
         grad_world = torch.einsum("cps,cd->psd", out[1:], torch.from_numpy(linear.astype(np.float32)).to(dev))
-        arm = lvl.pts + torch.from_numpy((lvl.origin_np - c).astype(np.float32)).to(dev)
+        arm = lvl.pts[rows] + torch.from_numpy((lvl.origin_np - c).astype(np.float32)).to(dev)
         jac_rot = (torch.linalg.cross(grad_world, arm, dim=-1) * wi[..., None]).sum(dim=1)
         jac_shift = -(grad_world * wi[..., None]).sum(dim=1)
         jacobian = torch.cat([jac_rot, jac_shift], dim=1)
-    return ncc, frac, mv, w, jacobian
+    return ncc, frac, mv, w, jacobian, rows
 
 
 def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, evaluate, system, step):
@@ -249,10 +253,10 @@ def refine_lm(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int) ->
     fixed_vals = lvl.vals.double()
 
     def system(state):
-        _, _, mv, w, jacobian = state
+        _, _, mv, w, jacobian, rows = state
         wd = w.double()
         design = torch.cat([mv.double()[:, None], torch.ones_like(wd)[:, None], jacobian.double()], dim=1)
-        return design.T @ (design * wd[:, None]), design.T @ (wd * fixed_vals), 2
+        return design.T @ (design * wd[:, None]), design.T @ (wd * fixed_vals[rows]), 2
 
     def step(theta):
         alpha = float(theta[0])
@@ -296,16 +300,17 @@ def cr_fit(mv, target, w, knots):
 
 def cr_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, knots, jac: bool = True):
     """Correlation ratio of the fixed samples given the moving ones for the map (and the pieces an
-    LM step needs): (cr, overlap fraction, w, J (P, 6) or None, Phi, slope of f at the samples)."""
-    ncc, frac, mv, w, jacobian = ncc_and_jacobian(moving_to_fixed, lvl, c, jac=jac)
+    LM step needs), over the rows of :func:`ncc_and_jacobian`: (cr, overlap fraction, w, J (R, 6) or None,
+    Phi, slope of f at the samples, the fixed values (R,))."""
+    ncc, frac, mv, w, jacobian, rows = ncc_and_jacobian(moving_to_fixed, lvl, c, jac=jac)
     if not np.isfinite(ncc):
-        return float("nan"), frac, w, None, None, None
-    fixed_vals = lvl.vals.double()
+        return float("nan"), frac, w, None, None, None, None
+    fixed_vals = lvl.vals[rows].double()
     wd = w.double()
     cr, coef, basis, idx, inside = cr_fit(mv.double(), fixed_vals, wd, knots)
     slope = (coef[idx + 1] - coef[idx]) / (knots[idx + 1] - knots[idx])
     slope = torch.where(inside, slope, torch.zeros_like(slope))
-    return cr, frac, wd, (None if jacobian is None else jacobian.double()), basis, slope
+    return cr, frac, wd, (None if jacobian is None else jacobian.double()), basis, slope, fixed_vals
 
 
 def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, knots) -> tuple[np.ndarray, float, float]:
@@ -314,11 +319,10 @@ def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
     relation, not only a linear one). With m linearised and f' taken at the current fit, the model
     a ~ Phi(m) c + f'(m) J dx is linear in (c, dx): one (K+6)-square solve per step, as in
     :func:`refine_lm` (which is the special case f(m) = alpha m + beta)."""
-    fixed_vals = lvl.vals.double()
     n_knots = knots.numel()
 
     def system(state):
-        _, _, w, jacobian, basis, slope = state
+        _, _, w, jacobian, basis, slope, fixed_vals = state
         design = torch.cat([basis, slope[:, None] * jacobian], dim=1)
         normal = design.T @ (design * w[:, None])
         normal[:n_knots, :n_knots] += torch.eye(n_knots, dtype=normal.dtype) * (

@@ -78,7 +78,7 @@ class SearchGrid:
         in_range = ((np.abs(self.sx) * grid_mm <= shift_mm) & (np.abs(self.sy) * grid_mm <= shift_mm)
                     & (np.abs(self.sz) * grid_mm <= shift_mm))
         self.in_range = np.broadcast_to(in_range, self.shape)     # the shifts within shift_mm, per grid voxel
-        self.idx = torch.from_numpy(np.indices(self.shape, dtype=np.float32).reshape(3, -1).T.copy())
+        self.axis_idx = [torch.arange(n, dtype=torch.float32) for n in self.shape]   # grid indices per axis
 
     def _irfft(self, a):
         return sfft.irfftn(a, s=self.shape, workers=1)
@@ -99,18 +99,25 @@ class SearchGrid:
         to_norm = to_voxel[:, :3, :] * scale[None, :, None]
         to_norm[:, :, 3] -= 1.0
         to_norm = to_norm[:, ::-1, :]
-        lin = torch.from_numpy(np.ascontiguousarray(to_norm[:, :, :3].transpose(0, 2, 1)).astype(np.float32))
-        off = torch.from_numpy(np.ascontiguousarray(to_norm[:, None, :, 3]).astype(np.float32))
-        grid = torch.baddbmm(off, self.idx.expand(len(rotated), -1, -1), lin)     # (R, N, 3)
+        lin = torch.from_numpy(to_norm[:, :, :3].astype(np.float32))             # (R, 3 coords, 3 axes)
+        off = torch.from_numpy(to_norm[:, :, 3].astype(np.float32))              # (R, 3 coords)
         # inside the stack: within half a voxel of the outer voxel centres
-        bound = torch.from_numpy((1.0 + 0.5 * scale[::-1]).astype(np.float32))
-        inside = (grid.abs() <= bound).all(dim=-1)
-        # only the points inside are sampled (a thick-slice coronal slab covers some 5-20% of the grid)
-        v = torch.zeros(inside.shape, dtype=mov_t.dtype)
-        v[inside] = F.grid_sample(mov_t, grid[inside].reshape(1, -1, 1, 1, 3), mode="bilinear",
-                                  padding_mode="border", align_corners=True).reshape(-1)
+        bound = (1.0 + 0.5 * scale[::-1]).tolist()
         n = len(rotated)
-        return v.reshape(n, *self.shape).numpy(), inside.reshape(n, *self.shape).numpy()
+        coords, inside = [], None
+        for c in range(3):      # each coordinate as a sum of per-axis terms over the (R, I, J, K) grid
+            x = (lin[:, c, 0, None, None, None] * self.axis_idx[0][None, :, None, None] + off[:, c, None, None, None]) \
+                + lin[:, c, 1, None, None, None] * self.axis_idx[1][None, None, :, None] \
+                + lin[:, c, 2, None, None, None] * self.axis_idx[2][None, None, None, :]
+            ok = x.abs() <= bound[c]
+            inside = ok if inside is None else inside & ok
+            coords.append(x)
+        # only the points inside are sampled (a thick-slice coronal slab covers some 5-20% of the grid)
+        grid = torch.stack([x[inside] for x in coords], dim=-1)
+        v = torch.zeros(inside.shape, dtype=mov_t.dtype)
+        v[inside] = F.grid_sample(mov_t, grid.reshape(1, -1, 1, 1, 3), mode="bilinear",
+                                  padding_mode="border", align_corners=True).reshape(-1)
+        return v.numpy(), inside.numpy()
 
     def _best(self, score: np.ndarray, overlap: np.ndarray, rotated: np.ndarray) -> tuple[float, np.ndarray]:
         return self._best_many(score[None], overlap[None], [rotated])[0]
