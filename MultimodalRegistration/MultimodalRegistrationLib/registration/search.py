@@ -200,13 +200,15 @@ def moving_for_search(mov: np.ndarray, moving: Volume, grid_mm: float):
 
 
 def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, fixed_mask: np.ndarray,
-               start: np.ndarray, params, progress=None,
-               cr_edges: np.ndarray | None = None) -> list[tuple[float, np.ndarray]]:
+               start: np.ndarray, params, progress=None, cr_edges: np.ndarray | None = None,
+               prepared: dict | None = None) -> list[tuple[float, np.ndarray]]:
     """Global search around ``start``: masked NCC over every translation within ``search_shift_mm`` (FFT)
     (the correlation ratio on moving-intensity bins ``cr_edges`` instead, when given and the search
     feature is the intensity) for each rotation of a lattice. Coarse to fine: every rotation is scored
     on a ``search_coarse_grid_mm`` grid, the ``search_keep`` best again on the ``search_grid_mm`` grid.
-    ``params``: :class:`~.params.SearchNccParams`. Returns (score, moving_to_fixed) candidates, best first."""
+    ``params``: :class:`~.params.SearchNccParams`. ``prepared``: a dict that keeps each stage's grid and
+    resampled moving image, for another search of the same images from another start (the two
+    depend on the images and the stage only). Returns (score, moving_to_fixed) candidates, best first."""
     grid_mm = float(params.search_grid_mm)
     coarse_mm = float(params.search_coarse_grid_mm or grid_mm)
     keep = int(params.search_keep or 0)
@@ -218,13 +220,21 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
     n_report = len(starts) + (keep if two_stage else 0)
     feature = params.search_feature
 
-    def run_stage(stage_mm: float, rotated_starts: list, done: int):
+    def prepare(stage_mm: float):
         fixed_smooth = smooth_for(Volume(fix, fixed.affine), stage_mm)
         mov_t, shrunk = moving_for_search(mov, moving, stage_mm)
         if feature == "gradmag":
             fixed_smooth = gradient_magnitude(fixed_smooth, fixed.spacing)
             mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
-        grid = SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm)
+        return SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm), mov_t, shrunk
+
+    def run_stage(stage_mm: float, rotated_starts: list, done: int):
+        if prepared is None:
+            grid, mov_t, shrunk = prepare(stage_mm)
+        else:
+            if stage_mm not in prepared:
+                prepared[stage_mm] = prepare(stage_mm)
+            grid, mov_t, shrunk = prepared[stage_mm]
         out = []
         if cr_edges is not None and feature == "intensity":
             for i, rotated in enumerate(rotated_starts):
