@@ -42,7 +42,7 @@ def nmi_loss(bins: int, counter: list | None = None):
     def loss(x, lvl: Level, start_inv_t, c_t):
         if counter is not None:
             counter[0] += 1
-        mv, w, frac = sample_moved(x, lvl, start_inv_t, c_t)
+        mv, w, frac, rows = sample_moved(x, lvl, start_inv_t, c_t)
         if mv is None:
             return torch.zeros((), dtype=x.dtype) + 0 * x.sum(), frac
         key = id(lvl)
@@ -54,7 +54,7 @@ def nmi_loss(bins: int, counter: list | None = None):
         f2, f3 = f * f, f * f * f
         spline = ((1 - f) ** 3 / 6, (3 * f3 - 6 * f2 + 4) / 6, (-3 * f3 + 3 * f2 + 3 * f + 1) / 6, f3 / 6)
         wd = w.double()
-        idx = fixed_rows[key] + base               # column base - 1 + k, shifted by one: base + k
+        idx = fixed_rows[key][rows] + base         # column base - 1 + k, shifted by one: base + k
         joint = torch.zeros(bins * cols, dtype=torch.float64, device=mv.device)
         for k, weight in enumerate(spline):
             joint = joint.index_add(0, idx + k, wd * weight)

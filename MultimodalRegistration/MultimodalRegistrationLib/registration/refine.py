@@ -77,8 +77,10 @@ class SampleWithGrad(torch.autograd.Function):
 
 def sample_moved(x, lvl: Level, start_inv_t, c_t):
     """The moving samples (slice-profile averaged, differentiable in ``x``) for params x = (rotation
-    vector in degrees, translation in mm) applied after the start about c: (mv (P,), w (P,) overlap
-    weights, overlap fraction); mv is None when the overlap is under 5% of the fixed points."""
+    vector in degrees, translation in mm) applied after the start about c, at the fixed points with a
+    sample inside the moving stack (the others have zero weight): (mv (R,), w (R,) overlap weights,
+    overlap fraction, rows (R,): their indices in the level's points); mv is None when the overlap is
+    under 5% of the fixed points."""
     rv = x[:3] * (math.pi / 180.0)
     th = torch.sqrt((rv * rv).sum() + 1e-18)
     axis = rv / th
@@ -94,21 +96,23 @@ def sample_moved(x, lvl: Level, start_inv_t, c_t):
     off = linear @ (lvl.origin - c_t - x[3:]) + world_to_voxel[:3, :3] @ c_t + world_to_voxel[:3, 3]
     vox = lvl.pts @ linear.T.float() + off.float()               # (P, S, 3) moving voxel indices
     size = lvl.shape
-    v = SampleWithGrad.apply(vox, lvl.mov, size)                 # (P, S)
     with torch.no_grad():   # overlap weights: constants of each evaluation (no gradient through the FOV edge)
         w, wi = overlap_weights(vox.detach(), size)
+        rows = torch.nonzero(w > 0).reshape(-1)
+        w, wi = w[rows], wi[rows]
+    v = SampleWithGrad.apply(vox[rows], lvl.mov, size)           # (R, S)
     mv = (v * wi).sum(dim=1)
     frac = float(w.sum()) / lvl.n
-    return (None if frac < 0.05 else mv), w, frac
+    return (None if frac < 0.05 else mv), w, frac, rows
 
 
 def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
     """-NCC for params x = (rotation vector in degrees, translation in mm) applied after the start about c."""
-    mv, w, frac = sample_moved(x, lvl, start_inv_t, c_t)
+    mv, w, frac, rows = sample_moved(x, lvl, start_inv_t, c_t)
     if mv is None:
         return torch.ones((), dtype=x.dtype) * 1.0 + 0 * x.sum(), 0.0
     sw = w.sum()
-    fixed_vals = lvl.vals
+    fixed_vals = lvl.vals[rows]
     ma = (w * fixed_vals).sum() / sw
     mb = (w * mv).sum() / sw
     da, db = fixed_vals - ma, mv - mb
