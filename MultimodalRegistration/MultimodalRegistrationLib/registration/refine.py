@@ -97,9 +97,7 @@ def sample_moved(x, lvl: Level, start_inv_t, c_t):
     vox = lvl.pts @ linear.T.float() + off.float()               # (P, S, 3) moving voxel indices
     size = lvl.shape
     with torch.no_grad():   # overlap weights: constants of each evaluation (no gradient through the FOV edge)
-        w, wi = overlap_weights(vox.detach(), size)
-        rows = torch.nonzero(w > 0).reshape(-1)
-        w, wi = w[rows], wi[rows]
+        rows, w, wi = overlap_weights(vox.detach(), size)
     v = SampleWithGrad.apply(vox[rows], lvl.mov, size)           # (R, S)
     mv = (v * wi).sum(dim=1)
     frac = float(w.sum()) / lvl.n
@@ -174,10 +172,8 @@ def ncc_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, jac
     dev = lvl.pts.device
     vox = lvl.pts @ torch.from_numpy(linear.T.astype(np.float32)).to(dev) + \
         torch.from_numpy(off.astype(np.float32)).to(dev)
-    w, wi = overlap_weights(vox, lvl.shape)
-    rows = torch.nonzero(w > 0).reshape(-1)
-    vox, w, wi = vox[rows], w[rows], wi[rows]
-    out = sample_voxels(lvl.mov, vox, lvl.shape)                    # (4, R, S)
+    rows, w, wi = overlap_weights(vox, lvl.shape)
+    out = sample_voxels(lvl.mov, vox[rows], lvl.shape)              # (4, R, S)
     mv = (out[0] * wi).sum(dim=1)
     sw = float(w.sum())
     frac = sw / lvl.n

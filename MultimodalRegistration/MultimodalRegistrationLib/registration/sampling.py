@@ -14,7 +14,11 @@ def sample_voxels(vol, vox, size):
 
 
 def overlap_weights(vox, size):
-    """Soft inside-the-stack weights of the slice-profile samples ``vox`` (P, S, 3): (w (P,), the share of
-    each point's samples inside; wi (P, S), the weights that average a point's inside samples)."""
+    """Soft inside-the-stack weights of the slice-profile samples ``vox`` (P, S, 3), for the points with
+    a weight above zero (the others add nothing to any sum): (rows (R,), their indices; w (R,), the share
+    of each point's samples inside; wi (R, S), the weights that average a point's inside samples)."""
     inside = torch.clamp(torch.minimum(vox + 0.5, size - 0.5 - vox), 0.0, 1.0).prod(dim=-1)
-    return inside.mean(dim=1), inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)
+    w = inside.mean(dim=1)
+    rows = torch.nonzero(w > 0).reshape(-1)
+    inside = inside[rows]
+    return rows, w[rows], inside / torch.clamp(inside.sum(dim=1, keepdim=True), min=1e-6)

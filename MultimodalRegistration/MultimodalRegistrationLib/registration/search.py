@@ -103,7 +103,6 @@ class SearchGrid:
         off = torch.from_numpy(to_norm[:, :, 3].astype(np.float32))              # (R, 3 coords)
         # inside the stack: within half a voxel of the outer voxel centres
         bound = (1.0 + 0.5 * scale[::-1]).tolist()
-        n = len(rotated)
         coords, inside = [], None
         for c in range(3):      # each coordinate as a sum of per-axis terms over the (R, I, J, K) grid
             x = (lin[:, c, 0, None, None, None] * self.axis_idx[0][None, :, None, None] + off[:, c, None, None, None]) \
@@ -228,13 +227,12 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
             mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
         return SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm), mov_t, shrunk
 
+    stages = {} if prepared is None else prepared
+
     def run_stage(stage_mm: float, rotated_starts: list, done: int):
-        if prepared is None:
-            grid, mov_t, shrunk = prepare(stage_mm)
-        else:
-            if stage_mm not in prepared:
-                prepared[stage_mm] = prepare(stage_mm)
-            grid, mov_t, shrunk = prepared[stage_mm]
+        if stage_mm not in stages:
+            stages[stage_mm] = prepare(stage_mm)
+        grid, mov_t, shrunk = stages[stage_mm]
         out = []
         if cr_edges is not None and feature == "intensity":
             for i, rotated in enumerate(rotated_starts):
