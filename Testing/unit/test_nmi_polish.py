@@ -110,4 +110,6 @@ def test_directions_that_disagree_but_polish_to_one_pose_pass_the_check(fast_cas
     far = SimpleNamespace(moving_to_fixed=np.linalg.inv(_off(fast_case, 30.0, 8.0)))
     out, success, info = search_cr._polish_directions(fast_case.coronal_cet1, fast_case.axial_t2,
                                                       fwd.moving_to_fixed, fwd, far, params, "cpu", 0, 2.0)
-    assert success is False and info["directions_after_polish_mm"] > 4.0 and "agreement_note" not in info   # 5.2
+    # farther apart than the threshold (2.0 mm) after the polish: observed 5.2 mm on Intel Xeon and AMD Zen 5
+    # machines, 2.9 mm on an AMD Zen 2 one (avx2: L-BFGS follows the last bits of float32 sums)
+    assert success is False and info["directions_after_polish_mm"] > 2.0 and "agreement_note" not in info

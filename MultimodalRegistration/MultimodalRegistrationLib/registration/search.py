@@ -47,20 +47,44 @@ def _rfft_many(a):
     return sfft.rfftn(a, axes=(-3, -2, -1), workers=1)
 
 
+#: one grid serves a search's windows only while it is at most this much larger (voxels) than a grid
+#: for one window: beyond that (starts far apart, e.g. headers whose positions are meaningless), each
+#: window gets its own grid (the FFTs of the larger grid would cost more than a second set of small ones)
+JOINT_MAX_GROWTH = 1.6
+
+
+def _grid_box(fixed: Volume, grid_mm: float, shift_mm: float, offsets_along: np.ndarray):
+    """Lower corner (mm along the fixed axes) and FFT-friendly shape of a search grid aligned with the
+    fixed stack, with room for the shifts within ``shift_mm`` of each offset (mm along the fixed axes,
+    (W, 3)) in whole grid steps: the grid points stay where a grid for the shifts around no offset puts
+    them."""
+    corners = np.array([[i, j, k] for i in (0, fixed.shape[0] - 1) for j in (0, fixed.shape[1] - 1)
+                        for k in (0, fixed.shape[2] - 1)], dtype=np.float64)
+    along = fixed.voxel_to_world(corners) @ fixed.direction          # coordinates along the fixed axes
+    # a shift t pairs the moving sample at x with the fixed one at x + t: positive shifts need room
+    # below the fixed stack, negative ones above it
+    below = np.ceil(np.maximum(offsets_along.max(0), 0.0) / grid_mm) * grid_mm
+    above = np.ceil(np.maximum(-offsets_along.min(0), 0.0) / grid_mm) * grid_mm
+    lo = along.min(0) - shift_mm - grid_mm - below
+    hi = along.max(0) + shift_mm + grid_mm + above
+    shape = tuple(int(sfft.next_fast_len(int(np.ceil((h - l) / grid_mm)) + 1, real=True)) for l, h in zip(lo, hi))
+    return lo, shape
+
+
 class SearchGrid:
     """The fixed side of the masked-NCC FFT search (Padfield 2012) on an isotropic grid of ``grid_mm``
-    aligned with the fixed stack and padded by the shift range ``shift_mm`` (FFT-friendly sizes, float32)."""
+    aligned with the fixed stack (FFT-friendly sizes, float32), padded for the shifts of its windows:
+    window k holds the shifts within ``shift_mm`` (per fixed axis) of ``offsets[k]`` (world, mm;
+    default: one window around no shift). A start translated by tau and rotated about its translated
+    centre is the start's rotated pose translated by tau, so its scores are those of the start's pose at
+    the shifts around tau: one set of FFTs per rotation scores the searches around both starts."""
 
     def __init__(self, fixed_smooth: np.ndarray, fixed: Volume, fixed_mask: np.ndarray, grid_mm: float,
-                 shift_mm: float):
+                 shift_mm: float, offsets=None):
         direction = fixed.direction
-        corners = np.array([[i, j, k] for i in (0, fixed.shape[0] - 1) for j in (0, fixed.shape[1] - 1)
-                            for k in (0, fixed.shape[2] - 1)], dtype=np.float64)
-        along = fixed.voxel_to_world(corners) @ direction          # coordinates along the fixed axes
-        lo = along.min(0) - shift_mm - grid_mm
-        hi = along.max(0) + shift_mm + grid_mm
-        self.shape = tuple(int(sfft.next_fast_len(int(np.ceil((h - l) / grid_mm)) + 1, real=True))
-                           for l, h in zip(lo, hi))
+        offsets = np.zeros((1, 3)) if offsets is None else np.asarray(offsets, dtype=np.float64).reshape(-1, 3)
+        along_off = offsets @ direction                                 # each offset along the fixed axes
+        lo, self.shape = _grid_box(fixed, grid_mm, shift_mm, along_off)
         self.grid_mm, self.shift_mm, self.direction = grid_mm, shift_mm, direction
         index_to_world = np.eye(4)
         index_to_world[:3, :3] = direction * grid_mm
@@ -73,11 +97,16 @@ class SearchGrid:
         self.fft_fixed = _rfft(fixed_on_grid)
         self.fft_fixed_sq = _rfft(fixed_on_grid * fixed_on_grid)
         self.fft_mask = _rfft(mask_on_grid.astype(np.float32))
-        shifts = [np.fft.fftfreq(n, 1.0 / n) for n in self.shape]   # signed integer shifts per index
-        self.sx, self.sy, self.sz = np.meshgrid(*shifts, indexing="ij", sparse=True)
-        in_range = ((np.abs(self.sx) * grid_mm <= shift_mm) & (np.abs(self.sy) * grid_mm <= shift_mm)
-                    & (np.abs(self.sz) * grid_mm <= shift_mm))
-        self.in_range = np.broadcast_to(in_range, self.shape)     # the shifts within shift_mm, per grid voxel
+        # the signed shift (grid steps) of each index of the circular correlation, per axis: index n is
+        # the shift first + ((n - first) mod size), first the most negative shift a window needs (the
+        # grid has room for every window's shifts, so they do not wrap onto each other)
+        first = np.floor((np.minimum(along_off.min(0), 0.0) - shift_mm) / grid_mm) - 1.0
+        self.shift_steps = [first[a] + np.mod(np.arange(n) - first[a], n) for a, n in enumerate(self.shape)]
+        # per window, the shifts within shift_mm of its offset (a box), per grid voxel
+        self.windows = []
+        for off in along_off:
+            ok = [np.abs(s * grid_mm - o) <= shift_mm for s, o in zip(self.shift_steps, off)]
+            self.windows.append(ok[0][:, None, None] & ok[1][None, :, None] & ok[2][None, None, :])
         self.axis_idx = [torch.arange(n, dtype=torch.float32) for n in self.shape]   # grid indices per axis
 
     def _irfft(self, a):
@@ -118,29 +147,35 @@ class SearchGrid:
                                   padding_mode="border", align_corners=True).reshape(-1)
         return v.numpy(), inside.numpy()
 
-    def _best(self, score: np.ndarray, overlap: np.ndarray, rotated: np.ndarray) -> tuple[float, np.ndarray]:
-        return self._best_many(score[None], overlap[None], [rotated])[0]
-
     def _best_many(self, score: np.ndarray, overlap: np.ndarray, rotated: list) -> list:
-        # a candidate must overlap at least half as much as the best-overlapping shift (a thin coronal
-        # slab may overlap only a small part of the head; tiny overlaps give meaningless scores)
+        """Per pose of ``rotated``, per window: (best score, moving_to_fixed) over the window's shifts."""
+        # a candidate must overlap at least half as much as the window's best-overlapping shift (a thin
+        # coronal slab may overlap only a small part of the head; tiny overlaps give meaningless scores)
         n = len(rotated)
-        best_overlap = np.where(self.in_range[None], overlap, -np.inf).reshape(n, -1).max(axis=1)
-        min_n = np.maximum(0.5 * best_overlap, 50.0 * (6.0 / self.grid_mm) ** 3)
-        score = np.where((overlap < min_n[:, None, None, None]) | ~self.in_range[None], -np.inf, score)
-        flat = np.argmax(score.reshape(n, -1), axis=1)
-        out = []
-        for r, (f, rot) in enumerate(zip(flat, rotated)):
-            idx = np.unravel_index(int(f), self.shape)
-            t = np.array([self.sx.ravel()[idx[0]], self.sy.ravel()[idx[1]], self.sz.ravel()[idx[2]]]) * self.grid_mm
-            shift = np.eye(4)
-            shift[:3, 3] = self.direction @ t
-            out.append((float(score[(r,) + idx]), shift @ rot))
-        return out
+        floor_n = 50.0 * (6.0 / self.grid_mm) ** 3
+        per_window = []
+        for window in self.windows:
+            best_overlap = np.where(window[None], overlap, -np.inf).reshape(n, -1).max(axis=1)
+            min_n = np.maximum(0.5 * best_overlap, floor_n)
+            masked = np.where((overlap < min_n[:, None, None, None]) | ~window[None], -np.inf, score)
+            flat = np.argmax(masked.reshape(n, -1), axis=1)
+            found = []
+            for r, (f, rot) in enumerate(zip(flat, rotated)):
+                idx = np.unravel_index(int(f), self.shape)
+                t = np.array([self.shift_steps[a][idx[a]] for a in range(3)]) * self.grid_mm
+                shift = np.eye(4)
+                shift[:3, 3] = self.direction @ t
+                found.append((float(masked[(r,) + idx]), shift @ rot))
+            per_window.append(found)
+        return [list(w) for w in zip(*per_window)]
 
     def score_cr(self, mov_t, moving: Volume, rotated: np.ndarray, edges: np.ndarray) -> tuple[float, np.ndarray]:
+        """:meth:`score_cr_windows` of the first window."""
+        return self.score_cr_windows(mov_t, moving, rotated, edges)[0]
+
+    def score_cr_windows(self, mov_t, moving: Volume, rotated: np.ndarray, edges: np.ndarray) -> list:
         """Best correlation ratio (Roche et al. 1998) of the fixed intensities given the moving intensity
-        bin, over all shifts within ``shift_mm``, for the rotation ``rotated``: (cr, moving_to_fixed).
+        bin, over the shifts of each window, for the rotation ``rotated``: per window (cr, moving_to_fixed).
 
         The moving samples are split into bins by ``edges``; with one indicator image per bin, every
         sum the ratio needs (per-bin counts and fixed sums over the overlap) is a correlation: one FFT
@@ -161,15 +196,20 @@ class SearchGrid:
         n_safe = np.maximum(overlap, 1.0)
         total = sum_fixed_sq - sum_fixed * sum_fixed / n_safe
         cr = (explained - sum_fixed * sum_fixed / n_safe) / np.maximum(total, 1e-6)
-        return self._best(cr, overlap, rotated)
+        return self._best_many(cr[None], overlap[None], [rotated])[0]
 
     def score(self, mov_t, moving: Volume, rotated: np.ndarray) -> tuple[float, np.ndarray]:
-        """Best masked NCC over all shifts within ``shift_mm`` for the rotation ``rotated``: (ncc, moving_to_fixed)."""
+        """Best masked NCC over the first window's shifts for the rotation ``rotated``: (ncc, moving_to_fixed)."""
         return self.score_many(mov_t, moving, [rotated])[0]
 
     def score_many(self, mov_t, moving: Volume, rotated: list) -> list:
-        """:meth:`score` for several rotations at once: one sampling call and one batch of FFTs for all of
-        them (the per-rotation work is small; one call each would mostly cost call overhead)."""
+        """:meth:`score` for several rotations at once (:meth:`score_windows` of the first window)."""
+        return [w[0] for w in self.score_windows(mov_t, moving, rotated)]
+
+    def score_windows(self, mov_t, moving: Volume, rotated: list) -> list:
+        """Best masked NCC over each window's shifts for each of several rotations: per rotation, per
+        window (ncc, moving_to_fixed). One sampling call and one batch of FFTs for all of them (the
+        per-rotation work is small; one call each would mostly cost call overhead)."""
         moving_on_grid, moving_inside = self.sample_moving_many(mov_t, moving, rotated)
         inside_f = moving_inside.astype(np.float32)
         fft_mov = np.conj(_rfft_many(moving_on_grid))
@@ -200,14 +240,17 @@ def moving_for_search(mov: np.ndarray, moving: Volume, grid_mm: float):
 
 def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, fixed_mask: np.ndarray,
                start: np.ndarray, params, progress=None, cr_edges: np.ndarray | None = None,
-               prepared: dict | None = None) -> list[tuple[float, np.ndarray]]:
+               offsets=()) -> list[tuple[float, np.ndarray]]:
     """Global search around ``start``: masked NCC over every translation within ``search_shift_mm`` (FFT)
     (the correlation ratio on moving-intensity bins ``cr_edges`` instead, when given and the search
     feature is the intensity) for each rotation of a lattice. Coarse to fine: every rotation is scored
     on a ``search_coarse_grid_mm`` grid, the ``search_keep`` best again on the ``search_grid_mm`` grid.
-    ``params``: :class:`~.params.SearchNccParams`. ``prepared``: a dict that keeps each stage's grid and
-    resampled moving image, for another search of the same images from another start (the two
-    depend on the images and the stage only). Returns (score, moving_to_fixed) candidates, best first."""
+    ``params``: :class:`~.params.SearchNccParams`. ``offsets``: world translations (mm); the same search
+    also runs from ``start`` translated by each of them (the same rotations, about the translated
+    centre; its own ``search_keep`` best rotations), scored from the same correlations as the search
+    around ``start`` where one grid holds the shifts of all (:class:`SearchGrid`; else on a grid of its
+    own, :data:`JOINT_MAX_GROWTH`). Returns the (score, moving_to_fixed) candidates of all the searches,
+    best first."""
     grid_mm = float(params.search_grid_mm)
     coarse_mm = float(params.search_coarse_grid_mm or grid_mm)
     keep = int(params.search_keep or 0)
@@ -215,47 +258,76 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
     c_mov = geometry.apply(start, moving.center_world()[None])[0]
     rots = rotation_lattice(float(params.search_rot_deg), float(params.search_rot_step_deg))
     starts = [about(rotvec_matrix(rv), c_mov) @ start for rv in rots]
+    offsets = [np.zeros(3)] + [np.asarray(o, dtype=np.float64).reshape(3) for o in offsets]
+    n_win = len(offsets)
     two_stage = coarse_mm > grid_mm and 0 < keep < len(starts)
-    n_report = len(starts) + (keep if two_stage else 0)
+    n_report = len(starts) + (min(len(starts), keep * n_win) if two_stage else 0)
     feature = params.search_feature
+    prepared: dict = {}
 
     def prepare(stage_mm: float):
+        """The stage's smoothed fixed image, resampled moving image and grid(s): one grid for all the
+        windows, or one for the start's and translated poses for the others (None)."""
         fixed_smooth = smooth_for(Volume(fix, fixed.affine), stage_mm)
         mov_t, shrunk = moving_for_search(mov, moving, stage_mm)
         if feature == "gradmag":
             fixed_smooth = gradient_magnitude(fixed_smooth, fixed.spacing)
             mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
-        return SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm), mov_t, shrunk
+        along = np.stack(offsets) @ fixed.direction
+        joint = n_win > 1 and np.prod(_grid_box(fixed, stage_mm, shift_mm, along)[1]) <= \
+            JOINT_MAX_GROWTH * np.prod(_grid_box(fixed, stage_mm, shift_mm, np.zeros((1, 3)))[1])
+        grid = SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm, offsets if joint else None)
+        return grid, joint, mov_t, shrunk
 
-    stages = {} if prepared is None else prepared
+    def run_stage(stage_mm: float, wanted: list, done: int) -> list:
+        """Scores the rotations ``wanted[k]`` (indices into ``starts``) of each window k: per window, a
+        dict rotation index -> (score, moving_to_fixed)."""
+        if stage_mm not in prepared:
+            prepared[stage_mm] = prepare(stage_mm)
+        grid, joint, mov_t, shrunk = prepared[stage_mm]
+        # the jobs: (rotation index, pose scored, the windows to read: (window k, the grid's window))
+        if joint or n_win == 1:
+            sets = [set(w) for w in wanted]
+            jobs = [(i, starts[i], [(k, k) for k in range(n_win) if i in sets[k]]) for i in sorted(set().union(*sets))]
+        else:
+            jobs = []
+            for k in range(n_win):
+                translate = np.eye(4)
+                translate[:3, 3] = offsets[k]
+                jobs += [(i, translate @ starts[i], [(k, 0)]) for i in wanted[k]]
+        out = [dict() for _ in range(n_win)]
 
-    def run_stage(stage_mm: float, rotated_starts: list, done: int):
-        if stage_mm not in stages:
-            stages[stage_mm] = prepare(stage_mm)
-        grid, mov_t, shrunk = stages[stage_mm]
-        out = []
+        def take(job, per_window):
+            for k, w in job[2]:
+                out[k][job[0]] = per_window[w]
+
         if cr_edges is not None and feature == "intensity":
-            for i, rotated in enumerate(rotated_starts):
-                value, found = grid.score_cr(mov_t, shrunk, rotated, cr_edges)
-                out.append((value, found, rotated))
-                report(progress, "register", done + i + 1, n_report + 4)
+            for n, job in enumerate(jobs):
+                take(job, grid.score_cr_windows(mov_t, shrunk, job[1], cr_edges))
+                report(progress, "register", done + n + 1, n_report + 4)
             return out
         # NCC: the rotations in batches of about _BATCH_VOXELS grid voxels (bounded memory)
         per = max(1, _BATCH_VOXELS // int(np.prod(grid.shape)))
-        for i in range(0, len(rotated_starts), per):
-            chunk = rotated_starts[i:i + per]
-            for (value, found), rotated in zip(grid.score_many(mov_t, shrunk, chunk), chunk):
-                out.append((value, found, rotated))
-            report(progress, "register", done + i + len(chunk), n_report + 4)
+        for n in range(0, len(jobs), per):
+            chunk = jobs[n:n + per]
+            for job, per_window in zip(chunk, grid.score_windows(mov_t, shrunk, [j[1] for j in chunk])):
+                take(job, per_window)
+            report(progress, "register", done + n + len(chunk), n_report + 4)
         return out
 
+    everything = list(range(len(starts)))
     if two_stage:
-        coarse = run_stage(coarse_mm, starts, 0)
-        coarse.sort(key=lambda c: -c[0])
-        fine = run_stage(grid_mm, [c[2] for c in coarse[:keep]], len(starts))
-        cands = [(s, found) for s, found, _ in fine]
+        coarse = run_stage(coarse_mm, [everything] * n_win, 0)
+        # per window, its best rotations on the coarse grid (ties: the smaller rotation first)
+        kept = [sorted(everything, key=lambda i, k=k: -coarse[k][i][0])[:keep] for k in range(n_win)]
+        fine = run_stage(grid_mm, kept, len(starts))
+        searches = [[fine[k][i] for i in kept[k]] for k in range(n_win)]
     else:
-        cands = [(s, found) for s, found, _ in run_stage(grid_mm, starts, 0)]
+        scored = run_stage(grid_mm, [everything] * n_win, 0)
+        searches = [[scored[k][i] for i in everything] for k in range(n_win)]
+    cands = []
+    for found in searches:      # each search's candidates best first, then all of them pooled
+        cands += sorted(found, key=lambda c: -c[0])
     cands.sort(key=lambda c: -c[0])
     return cands
 

@@ -70,15 +70,14 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
     if init in ("search", "center"):
         t1 = time.perf_counter()
         edges = knots_np[1:-1] if use_cr else None     # bins of the ratio's FFT search
-        prepared: dict = {}     # the two searches share each stage's grid and resampled moving image
-        cands = fft_search(mov, moving, fix, fixed, fix_mask, start, p, progress, edges, prepared)
+        offsets = []
         if init == "search" and p.also_search_from_center:
             # a second search around the signal centroids (the headers' rotation kept), pooled with
             # the first: it finds cases whose header positions are off by more than the search range,
-            # or where a wrong peak near the header start outscores the true one further away
-            centred = center_init(moving.with_array(mov), fixed.with_array(fix)) @ start
-            cands = sorted(cands + fft_search(mov, moving, fix, fixed, fix_mask, centred, p, None, edges, prepared),
-                           key=lambda c: -c[0])
+            # or where a wrong peak near the header start outscores the true one further away. Its
+            # start is the first one translated: the two share the FFTs where one grid holds both
+            offsets.append(center_init(moving.with_array(mov), fixed.with_array(fix))[:3, 3])
+        cands = fft_search(mov, moving, fix, fixed, fix_mask, start, p, progress, edges, offsets)
         details["search_best_ncc"] = cands[0][0]
         timings["search"] = time.perf_counter() - t1
         cands = distinct(cands, int(p.top_k))
