@@ -468,7 +468,8 @@ def test_case_timeout_must_be_positive(tmp_path):
 
 
 DRIVER = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)   # the test asks for every thread's stack on a hang
 sys.path[:0] = {paths!r}
 import test_batch
 from MultimodalRegistrationLib import batch
@@ -507,11 +508,17 @@ def test_ctrl_c_with_workers_stops_quickly_and_leaves_no_half_case(tmp_path):
         pytest.fail("the slow cases never started")
     proc.send_signal(signal.SIGINT)
     try:
-        rc = proc.wait(timeout=20)
+        # communicate, not wait: the driver's output is read as it comes, so a full pipe cannot block it
+        _, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)          # every thread's stack, to stderr (faulthandler)
+        time.sleep(2)
         proc.kill()
-        pytest.fail("Ctrl-C did not stop the batch within 20 s")
-    assert rc == 130, proc.stderr.read().decode()[-2000:]
+        _, err = proc.communicate()
+        pytest.fail("Ctrl-C did not stop the batch within 20 s; the driver's stderr, last part:\n"
+                    + err.decode(errors="replace")[-6000:])
+    rc = proc.returncode
+    assert rc == 130, err.decode()[-2000:]
     rows = _rows(out)
     assert rows["a"]["status"] == "done"
     assert rows["b"]["status"] == "pending" and rows["c"]["status"] == "pending"

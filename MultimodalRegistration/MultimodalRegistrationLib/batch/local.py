@@ -23,10 +23,24 @@ def on_worker_event(tracker: Tracker, kind: str, cid: str, *payload) -> None:
         tracker.event(case=cid, case_stage=stage, case_done=done, case_total=total)
 
 
-def kill_workers(ex) -> None:
-    for proc in list(getattr(ex, "_processes", {}).values()):
+def kill_workers(ex, wait_s: float = 0.0) -> None:
+    """Terminates the pool's worker processes; with ``wait_s``, waits that long (in all) for them to exit
+    and kills (SIGKILL) any still alive, so that the pool's shutdown does not wait on a worker."""
+    procs = list(getattr(ex, "_processes", {}).values())
+    for proc in procs:
         try:
             proc.terminate()
+        except Exception:
+            pass
+    if wait_s <= 0:
+        return
+    deadline = time.monotonic() + wait_s
+    for proc in procs:
+        try:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
         except Exception:
             pass
 
@@ -102,7 +116,7 @@ def run_pool(todo: list[Task], out: Path, jobs: int, threads: int, tracker: Trac
             except BaseException:
                 # Ctrl-C (or another abort): stop the workers now rather than after their current
                 # case; their staging folders are removed below and no marker was written.
-                kill_workers(ex)
+                kill_workers(ex, wait_s=5.0)
                 ex.shutdown(wait=True, cancel_futures=True)
                 raise
             ex.shutdown(wait=True)
