@@ -470,6 +470,9 @@ def test_case_timeout_must_be_positive(tmp_path):
 DRIVER = """
 import faulthandler, signal, sys
 faulthandler.register(signal.SIGUSR1, all_threads=True)   # the test asks for every thread's stack on a hang
+# Ctrl-C as in a terminal: a process started in the background of a non-interactive shell inherits
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler (this test hung so in CI runs)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path[:0] = {paths!r}
 import test_batch
 from MultimodalRegistrationLib import batch
@@ -496,7 +499,10 @@ def test_ctrl_c_with_workers_stops_quickly_and_leaves_no_half_case(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(paths=paths, out=str(out),
                                     cases=[(c.case_id, str(c.coronal), str(c.axial)) for c in cs]))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # its own process group: on a hang the test stops the driver and its workers together (the workers
+    # hold the driver's output pipes open)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     t0 = time.time()
     while time.time() - t0 < 60:
         staging = out / batch.STAGING
@@ -504,7 +510,7 @@ def test_ctrl_c_with_workers_stops_quickly_and_leaves_no_half_case(tmp_path):
             break
         time.sleep(0.1)
     else:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the slow cases never started")
     proc.send_signal(signal.SIGINT)
     try:
@@ -513,8 +519,8 @@ def test_ctrl_c_with_workers_stops_quickly_and_leaves_no_half_case(tmp_path):
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGUSR1)          # every thread's stack, to stderr (faulthandler)
         time.sleep(2)
-        proc.kill()
-        _, err = proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)       # the driver and its workers
+        _, err = proc.communicate(timeout=20)
         pytest.fail("Ctrl-C did not stop the batch within 20 s; the driver's stderr, last part:\n"
                     + err.decode(errors="replace")[-6000:])
     rc = proc.returncode
