@@ -266,15 +266,15 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
     prepared: dict = {}
 
     def prepare(stage_mm: float):
-        """The stage's smoothed fixed image, resampled moving image and grid(s): one grid for all the
-        windows, or one for the start's and translated poses for the others (None)."""
+        """The stage's grid, whether it holds every window (else it holds the first one only, and the
+        other windows' poses are scored on it translated), and the stage's resampled moving image."""
         fixed_smooth = smooth_for(Volume(fix, fixed.affine), stage_mm)
         mov_t, shrunk = moving_for_search(mov, moving, stage_mm)
         if feature == "gradmag":
             fixed_smooth = gradient_magnitude(fixed_smooth, fixed.spacing)
             mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
         along = np.stack(offsets) @ fixed.direction
-        joint = n_win > 1 and np.prod(_grid_box(fixed, stage_mm, shift_mm, along)[1]) <= \
+        joint = n_win == 1 or np.prod(_grid_box(fixed, stage_mm, shift_mm, along)[1]) <= \
             JOINT_MAX_GROWTH * np.prod(_grid_box(fixed, stage_mm, shift_mm, np.zeros((1, 3)))[1])
         grid = SearchGrid(fixed_smooth, fixed, fixed_mask, stage_mm, shift_mm, offsets if joint else None)
         return grid, joint, mov_t, shrunk
@@ -286,7 +286,7 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
             prepared[stage_mm] = prepare(stage_mm)
         grid, joint, mov_t, shrunk = prepared[stage_mm]
         # the jobs: (rotation index, pose scored, the windows to read: (window k, the grid's window))
-        if joint or n_win == 1:
+        if joint:
             sets = [set(w) for w in wanted]
             jobs = [(i, starts[i], [(k, k) for k in range(n_win) if i in sets[k]]) for i in sorted(set().union(*sets))]
         else:
