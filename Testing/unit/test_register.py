@@ -225,6 +225,42 @@ def test_search_cr_without_check_says_success_is_unknown(fast_case):
         register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"cr_bins": 2})
 
 
+@pytest.mark.parametrize("min_gain,tries,overshoot,evaluations", [
+    (1e-6, 5, False, 1 + 8),     # steps halve the distance (1 mm): the eighth is under 0.005 mm
+    (0.1, 5, False, 1 + 3),      # gains 0.75, 0.19, 0.047: the third is under min_gain
+    (1e-6, 5, True, 1 + 5),      # every try overshoots (the metric drops): five tries, then it stops
+    (1e-6, 2, True, 1 + 2),      # ... or two
+])
+def test_levenberg_marquardt_stops_at_its_minimum_gain_and_tries(min_gain, tries, overshoot, evaluations):
+    """The LM loop's stopping rules, on a model whose metric is minus the squared distance (mm) of the
+    translation to a target and whose step is half the way there (or three times past it)."""
+    import torch
+
+    from MultimodalRegistrationLib.registration.refine import levenberg_marquardt
+
+    target = np.array([1.0, 0.0, 0.0])
+    calls = []
+
+    def evaluate(M, c):
+        calls.append(1)
+        return (-float(np.sum((M[:3, 3] - target) ** 2)), 1.0, M[:3, 3].copy())
+
+    state = {}
+
+    def system(s):
+        state["x"] = s[2]
+        return torch.eye(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64), 0
+
+    def step(theta):
+        remaining = target - state["x"]
+        return np.concatenate([np.zeros(3), remaining * (3.0 if overshoot else 0.5)])
+
+    M, metric, _ = levenberg_marquardt(np.eye(4), np.zeros(3), 40, evaluate, system, step, min_gain=min_gain,
+                                       tries=tries)
+    assert len(calls) == evaluations
+    assert metric == (-1.0 if overshoot else -float(np.sum((M[:3, 3] - target) ** 2)))
+
+
 def test_cr_fit_recovers_a_nonlinear_intensity_map():
     """The correlation ratio of a ~ f(m) is 1 for any piecewise-linear f on the knots (even a
     non-monotonic one: T1 dark CSF is T2 bright), and 0 for unrelated intensities."""

@@ -61,6 +61,8 @@ def test_wrong_types_are_input_errors_naming_the_field(cls, values, field):
     (SearchNccParams, {"levels_mm": [4.0, 2.0], "iterations": [10]}, "one entry per level"),
     (SearchCrParams, {"optimizer": "lbfgs"}, "needs optimizer 'lm'"),
     (SearchCrParams, {"cr_bins": 2}, "at least 3"),
+    (SearchNccParams, {"lm_tries": 0}, "lm_tries must be at least 1"),
+    (SearchCrParams, {"lm_min_gain": -1e-5}, "lm_min_gain must be 0 or more"),
     (PaperParams, {"normalisation": "zscore"}, "normalisation must be"),
     (MiParams, {"interpolation": "cubic"}, "interpolation must be"),
 ])

@@ -74,6 +74,9 @@ class NmiPolisher:
     def __init__(self, moving: Volume, fixed: Volume, *, level_mm: float = 1.0, bins: int = 32,
                  max_points: int = 60000, profile: int = 1, seed: int = 0, device: str = "cpu"):
         t0 = time.perf_counter()
+        # the optimiser's module (0.15-0.2 s to import) is imported with the points, not at the first polish:
+        # search-cr builds the polisher while its other direction still runs
+        import scipy.optimize  # noqa: F401
         self.moving = moving
         self.bins = int(bins)
         self.level_mm = float(level_mm)

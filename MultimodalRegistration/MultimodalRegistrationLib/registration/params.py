@@ -155,6 +155,8 @@ class SearchNccParams(MethodParams):
     max_points: Tuple[int, ...] = (8000, 16000)
     profile_samples: int = 3
     optimizer: str = "lm"                # "lm" (Levenberg-Marquardt, analytic Jacobian) | "lbfgs" (L-BFGS, autograd; ncc only)
+    lm_min_gain: float = 1e-6            # lm: stop once an accepted step raises the metric by less than this
+    lm_tries: int = 5                    # lm: damped tries of a step (tenfold damping each) before it stops
     similarity: str = "ncc"              # "ncc" (monomodal: synthetic T2 vs T2) | "cr" (correlation ratio: any contrast)
     search_feature: str = "intensity"    # FFT search on "intensity" or "gradmag" (gradient magnitude, any contrast)
     fixed_mask_frac: float = 0.08        # fixed voxels above this share of its robust max are compared (0 = all)
@@ -176,6 +178,10 @@ class SearchNccParams(MethodParams):
                 raise InputError("similarity 'cr' needs optimizer 'lm'")
             if self.cr_bins < 3:
                 raise InputError(f"cr_bins must be at least 3, got {self.cr_bins}")
+        if self.lm_tries < 1:
+            raise InputError(f"lm_tries must be at least 1, got {self.lm_tries}")
+        if not self.lm_min_gain >= 0.0:
+            raise InputError(f"lm_min_gain must be 0 or more, got {self.lm_min_gain}")
         n = len(self.levels_mm)
         if not n or len(self.iterations) != n or len(self.max_points) != n:
             raise InputError(f"levels_mm, iterations and max_points need one entry per level; got "

@@ -195,13 +195,16 @@ def ncc_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, jac
     return ncc, frac, mv, w, jacobian, rows
 
 
-def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, evaluate, system, step):
+def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, evaluate, system, step, *,
+                        min_gain: float = 1e-6, tries: int = 5):
     """The Levenberg-Marquardt loop both refinements share. ``evaluate(M, c)`` returns the state at the
     moving->fixed map ``M`` (rotations about ``c``): (metric, overlap fraction, ...), metric nan when the
     overlap is too small; ``system(state)`` the normal equations (A, b, k) whose rows k: are the 6 motion
     parameters (they get the damping); ``step(theta)`` the motion update (rotation vector in radians,
     translation in mm) or None. Steps are capped at ~6 degrees / 5 mm and kept only if the metric does not
-    drop (else the damping grows tenfold). Returns (M, metric, overlap fraction)."""
+    drop (else the damping grows tenfold, for at most ``tries`` tries of a step). The loop stops after
+    ``iters`` steps, when no try is kept, or when a kept step raises the metric by less than ``min_gain``
+    (or moves less than 0.005 degrees and 0.005 mm). Returns (M, metric, overlap fraction)."""
     current = np.asarray(start, dtype=np.float64)
     mc = geometry.apply(np.linalg.inv(current), np.asarray(c_world, dtype=np.float64)[None])[0]  # moving-space centre
     centre = np.asarray(c_world, dtype=np.float64)
@@ -213,7 +216,7 @@ def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, eval
         normal, rhs, k = system(state)
         diag = torch.diagonal(normal)[k:].clone()
         accepted = None
-        for _try in range(5):
+        for _try in range(int(tries)):
             damped = normal.clone()
             damped[k:, k:] += torch.diag(lam * diag + 1e-12)
             try:
@@ -239,17 +242,18 @@ def levenberg_marquardt(start: np.ndarray, c_world: np.ndarray, iters: int, eval
         candidate, centre, res, dx = accepted
         gain = res[0] - state[0]
         current, state = candidate, res
-        if gain < 1e-6 or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
+        if gain < min_gain or (np.degrees(np.linalg.norm(dx[:3])) < 0.005 and np.linalg.norm(dx[3:]) < 0.005):
             break
     return current, state[0], state[1]
 
 
-def refine_lm(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int) -> tuple[np.ndarray, float, float]:
+def refine_lm(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, **stop) -> tuple[np.ndarray, float, float]:
     """Levenberg-Marquardt on the 6 rigid parameters. Maximising NCC is fitting a ~ alpha * m(x) + beta
     by weighted least squares over (alpha, beta, x); with m linearised, the fit is linear in
     (alpha, beta, alpha * dx) (variable projection), so each step solves one 8x8 system. The Jacobian
     is analytic (sampled image gradient times the derivative of the sample positions): one sampling
-    pass per step. Rotations are about the moving stack's centre (``c_world`` under ``start``)."""
+    pass per step. Rotations are about the moving stack's centre (``c_world`` under ``start``). ``stop``:
+    :func:`levenberg_marquardt`'s ``min_gain`` and ``tries``."""
     fixed_vals = lvl.vals.double()
 
     def system(state):
@@ -264,7 +268,8 @@ def refine_lm(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int) ->
             return None
         return (theta[2:] / alpha).cpu().numpy()
 
-    return levenberg_marquardt(start, c_world, iters, lambda M, c: ncc_and_jacobian(M, lvl, c), system, step)
+    return levenberg_marquardt(start, c_world, iters, lambda M, c: ncc_and_jacobian(M, lvl, c), system, step,
+                               **stop)
 
 
 def hat_basis(m, knots):
@@ -313,12 +318,13 @@ def cr_and_jacobian(moving_to_fixed: np.ndarray, lvl: Level, c: np.ndarray, knot
     return cr, frac, wd, (None if jacobian is None else jacobian.double()), basis, slope, fixed_vals
 
 
-def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, knots) -> tuple[np.ndarray, float, float]:
+def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, knots,
+                 **stop) -> tuple[np.ndarray, float, float]:
     """Levenberg-Marquardt on the 6 rigid parameters maximising the correlation ratio: the fixed samples
     are fitted by a piecewise-linear function f of the moving samples, a ~ f(m(x)) (any contrast
     relation, not only a linear one). With m linearised and f' taken at the current fit, the model
     a ~ Phi(m) c + f'(m) J dx is linear in (c, dx): one (K+6)-square solve per step, as in
-    :func:`refine_lm` (which is the special case f(m) = alpha m + beta)."""
+    :func:`refine_lm` (which is the special case f(m) = alpha m + beta). ``stop``: as there."""
     n_knots = knots.numel()
 
     def system(state):
@@ -334,7 +340,7 @@ def refine_lm_cr(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
         return dx if np.all(np.isfinite(dx)) else None
 
     return levenberg_marquardt(start, c_world, iters, lambda M, c: cr_and_jacobian(M, lvl, c, knots),
-                               system, step)
+                               system, step, **stop)
 
 
 def level_ncc(moving_to_fixed: np.ndarray, lvl: Level) -> float:

@@ -113,11 +113,12 @@ def _polisher(moving, fixed, params: SearchCrParams, device, seed) -> NmiPolishe
                        device=device)
 
 
-def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed, tol):
-    """The NMI polish (:mod:`.nmi_polish`) of ``result``; returns (result, success, details). A polish that
-    moves a successful result farther than ``tol`` has left the pose the two directions agreed on: the
-    result is then no longer confirmed (success false, with a note)."""
-    polished, info = _polisher(moving, fixed, params, device, seed).polish(result, params.polish_iterations)
+def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed, tol, polisher=None):
+    """The NMI polish (:mod:`.nmi_polish`) of ``result`` (with ``polisher``, else one built here); returns
+    (result, success, details). A polish that moves a successful result farther than ``tol`` has left the
+    pose the two directions agreed on: the result is then no longer confirmed (success false, with a note)."""
+    polisher = polisher or _polisher(moving, fixed, params, device, seed)
+    polished, info = polisher.polish(result, params.polish_iterations)
     info["moved_mm"] = pose_distance_mm(overlap_points(moving, fixed, result, max_points=4000), result, polished)
     if success and info["moved_mm"] > tol:
         success = False
@@ -126,17 +127,17 @@ def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed
     return polished, success, info
 
 
-def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, device, seed, tol):
+def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, device, seed, tol, polisher=None):
     """The forward and backward estimates disagree (farther apart than ``tol``): the result, the forward
     estimate and the backward one are each polished on NMI (one polisher: the same sample points, so their
     NMI values compare). When the polished forward and backward estimates lie within ``tol`` of each other
     and of the best of the three, two independent starts have reached one NMI optimum: ``success`` is
-    true, with a note. The output is the polished pose with the highest NMI. Returns (result, success,
-    details)."""
+    true, with a note. The output is the polished pose with the highest NMI (``polisher``: the one to use,
+    else one built here). Returns (result, success, details)."""
     starts = [("the result", np.asarray(result, dtype=np.float64)),
               ("the forward estimate", np.asarray(fwd.moving_to_fixed, dtype=np.float64)),
               ("the backward estimate", np.linalg.inv(np.asarray(bwd.moving_to_fixed, dtype=np.float64)))]
-    polisher = _polisher(moving, fixed, params, device, seed)
+    polisher = polisher or _polisher(moving, fixed, params, device, seed)
     done = {}
     polished = []
     for name, start in starts:
@@ -226,6 +227,16 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
 
     success = None
     vote_seconds = None
+    prepared = []      # the NMI polisher, built on the forward direction's thread once that direction is done
+
+    def forward_then_polisher():
+        # the polisher's points and moving volume do not depend on the pose: built while the backward
+        # direction (usually the slower one) still runs on the other thread, not after both
+        out = forward()
+        if params.nmi_polish:
+            prepared.append(_polisher(moving, fixed, params, device, seed))
+        return out
+
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
         # finest level samples it at 4 mm: the native 0.5 mm grid only costs time)
@@ -243,7 +254,7 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                 p_bwd = p_bwd.replace(init="search", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
                 job = (lambda p=p_fwd: forward(p, None))
             else:
-                job = forward
+                job = forward_then_polisher
             f_new, b_new, d_new, swapped, raw = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
                                                              params.rescue, device, seed, pool)
             kept = []
@@ -294,11 +305,11 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                 not (details.get("vote") or {}).get("note"):
             # the directions disagree: polish each of them too; if both reach one pose, that is the check
             result, success, details["nmi_polish"] = _polish_directions(moving, fixed, result, fwd, bwd, params,
-                                                                        device, seed, tol)
+                                                                        device, seed, tol, prepared[0])
             details["result"] = f"{details['nmi_polish']['chosen']}, polished on NMI (the best of three polished starts)"
         elif params.nmi_polish:
             result, success, details["nmi_polish"] = _polish(moving, fixed, result, success, params, device, seed,
-                                                             tol)
+                                                             tol, prepared[0])
             if details["nmi_polish"]["applied"]:
                 details["result"] += ", polished on NMI"
     else:

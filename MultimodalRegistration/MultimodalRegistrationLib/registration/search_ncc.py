@@ -86,11 +86,13 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
     def c_world_of(transform):
         return geometry.apply(transform, moving.center_world()[None])[0]
 
+    stop = {"min_gain": float(p.lm_min_gain), "tries": int(p.lm_tries)}
+
     def refine(from_transform, lvl, n_iter):
         if use_cr:
-            return refine_lm_cr(from_transform, lvl, c_world_of(from_transform), n_iter, cr_knots)
+            return refine_lm_cr(from_transform, lvl, c_world_of(from_transform), n_iter, cr_knots, **stop)
         if p.optimizer == "lm":
-            return refine_lm(from_transform, lvl, c_world_of(from_transform), n_iter)
+            return refine_lm(from_transform, lvl, c_world_of(from_transform), n_iter, **stop)
         return refine_lbfgs(from_transform, lvl, c_world_of(from_transform), n_iter)
 
     lvl0 = Level(moving, mov, fixed, fix, fix_mask, levels[0], int(p.profile_samples), max_points[0], seed, dev)
