@@ -188,15 +188,23 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
             report(progress, "write", step, n_write)
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        writes = [run(save_volume, synth, out_dir / OUTPUT_FILES["synth_t2"], dtype=np.float32),
-                  run(save_volume, cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32),
-                  run(save_volume, ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32)]
+        # the fused 4-D volume first: the largest write; the QC figures go last, on whichever thread is free
+        writes = [run(save_volume, ax, out_dir / OUTPUT_FILES["fused"], extra_dims=fused, dtype=np.float32),
+                  run(save_volume, synth, out_dir / OUTPUT_FILES["synth_t2"], dtype=np.float32),
+                  run(save_volume, cet1_on_ax, out_dir / OUTPUT_FILES["cet1_on_axial"], dtype=np.float32)]
         if cl_on_ax is not None:
             writes.append(run(save_volume, cl_on_ax, out_dir / OUTPUT_FILES["coronal_labels_on_axial"],
                               dtype=np.uint16))
         if al_on_cor is not None:
             writes.append(run(save_volume, al_on_cor, out_dir / OUTPUT_FILES["axial_labels_on_coronal"],
                               dtype=np.uint16))
+        transform = _transform_json(M, result, translator)
+        figures_job = None
+        if params.report_png:  # report.png, qc_before/after.png (never raises: report.py)
+            from .report import write_case_figures
+            figures_job = run(write_case_figures, out_dir, axial=ax, coronal=cor, cet1_on_axial=cet1_on_ax,
+                              result=result, transform=transform, labels_on_axial=cl_on_ax, axial_labels=al,
+                              synth_on_axial=synth_on_ax)
         for job in writes:
             job.result()
             tick()
@@ -208,24 +216,11 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
             _write_text(out_dir / OUTPUT_FILES["label_colors"], labels_mod.color_table(values)); tick()
         geometry.write_itk_tfm(M, out_dir / OUTPUT_FILES["transform_tfm"]); tick()
         timings["write"] = time.perf_counter() - t
+        qc_info = figures_job.result() if figures_job is not None else {}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
-
-    transform = {
-        "moving_to_fixed_ras": M.tolist(),
-        "method": result.method,
-        "metric": float(result.metric),
-        "subset_index": result.subset_index,
-        "seconds": float(seconds),
-        "success": None if result.success is None else bool(result.success),
-        "confidence": _confidence_score(result),
-        "confidence_detail": _confidence(result),
-        "translator": translator.name,
-        # Subsets pruned or not evaluated carry None (JSON null).
-        "subset_metrics": None if result.subset_metrics is None else
-        [None if x is None or not np.isfinite(x) else float(x) for x in result.subset_metrics],
-    }
+    transform["seconds"] = float(seconds)
     if translator_note:
         transform["translator_note"] = translator_note
     if result.success is None:
@@ -255,16 +250,33 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
         "total_seconds": round(seconds, 3),
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
     }
-    if params.report_png:  # report.png, qc_before/after.png, report.html; never raises (report.py)
-        from .report import write_case_report
-        rep.update(write_case_report(out_dir, axial=ax, coronal=cor, cet1_on_axial=cet1_on_ax, result=result,
-                                     transform=transform, labels_on_axial=cl_on_ax, axial_labels=al,
-                                     synth_on_axial=synth_on_ax, report=rep))
+    if params.report_png:  # report.html (the figures are done); never raises (report.py)
+        from .report import write_case_html
+        rep.update(qc_info)
+        rep.update(write_case_html(out_dir, transform, rep))
     tick()
     _write_text(out_dir / OUTPUT_FILES["report_json"], json.dumps(rep, indent=2, default=_json_default))
     # transform.json last: its presence means every other output is complete.
     _write_text(out_dir / OUTPUT_FILES["transform_json"], json.dumps(transform, indent=2)); tick()
     return transform
+
+
+def _transform_json(M: np.ndarray, result, translator) -> dict:
+    """transform.json's content ("seconds" is filled in once the case is done)."""
+    return {
+        "moving_to_fixed_ras": M.tolist(),
+        "method": result.method,
+        "metric": float(result.metric),
+        "subset_index": result.subset_index,
+        "seconds": None,
+        "success": None if result.success is None else bool(result.success),
+        "confidence": _confidence_score(result),
+        "confidence_detail": _confidence(result),
+        "translator": translator.name,
+        # Subsets pruned or not evaluated carry None (JSON null).
+        "subset_metrics": None if result.subset_metrics is None else
+        [None if x is None or not np.isfinite(x) else float(x) for x in result.subset_metrics],
+    }
 
 
 #: the methods that register the original ceT1 to the T2 (the others register the synthetic T2)

@@ -1,6 +1,7 @@
 """QC figures of one case: alignment at a glance, rendered fast (numpy + Pillow, no matplotlib).
 
-``write_case_report`` (called once by ``pipeline.run_case``) writes into the case folder:
+``write_case_report`` writes into the case folder (``pipeline.run_case`` calls its two halves,
+``write_case_figures`` while the output volumes are being written, then ``write_case_html``):
 
 * ``report.png``: one row per axial slice through the coronal slab (the slices are spread over
   the slab), columns
@@ -356,11 +357,25 @@ def write_case_report(out_dir, *, axial: Volume, coronal: Volume, cet1_on_axial:
                       labels_on_axial: Optional[Volume] = None, axial_labels: Optional[Volume] = None,
                       synth_on_axial: Optional[Volume] = None, report: Optional[dict] = None,
                       case_id: Optional[str] = None) -> dict:
-    """The QC outputs of one case (figures + report.html); never raises.
+    """The QC outputs of one case (figures + report.html); never raises: :func:`write_case_figures` then
+    :func:`write_case_html`.
 
-    Returns what to add to ``report.json``: ``qc_seconds`` and, if something failed, ``report_png_error``
-    / ``report_html_error`` (a figure must never fail a registration).
+    Returns what to add to ``report.json``: ``qc_figure_seconds``, ``qc_html_seconds`` and, if something
+    failed, ``report_png_error`` / ``report_html_error`` (a figure must never fail a registration).
     """
+    info = write_case_figures(out_dir, axial=axial, coronal=coronal, cet1_on_axial=cet1_on_axial, result=result,
+                              transform=transform, labels_on_axial=labels_on_axial, axial_labels=axial_labels,
+                              synth_on_axial=synth_on_axial, case_id=case_id)
+    info.update(write_case_html(out_dir, transform, report, case_id))
+    return info
+
+
+def write_case_figures(out_dir, *, axial: Volume, coronal: Volume, cet1_on_axial: Volume, result, transform: dict,
+                       labels_on_axial: Optional[Volume] = None, axial_labels: Optional[Volume] = None,
+                       synth_on_axial: Optional[Volume] = None, case_id: Optional[str] = None) -> dict:
+    """report.png and the before/after figures of one case; never raises. They need only the images and
+    ``transform`` (the content of transform.json), so ``pipeline.run_case`` renders them while its output
+    volumes are being written. Returns ``qc_figure_seconds`` and, on a failure, ``report_png_error``."""
     out_dir = Path(out_dir)
     info: dict = {}
     t0 = time.perf_counter()
@@ -383,6 +398,14 @@ def write_case_report(out_dir, *, axial: Volume, coronal: Volume, cet1_on_axial:
     except Exception as exc:
         info["report_png_error"] = f"{type(exc).__name__}: {exc}"
     info["qc_figure_seconds"] = round(time.perf_counter() - t0, 3)
+    return info
+
+
+def write_case_html(out_dir, transform: dict, report: Optional[dict] = None, case_id: Optional[str] = None) -> dict:
+    """report.html of one case (from transform.json's and report.json's content); never raises. Returns
+    ``qc_html_seconds`` and, on a failure, ``report_html_error``."""
+    out_dir = Path(out_dir)
+    info: dict = {}
     t1 = time.perf_counter()
     try:
         from . import report_html
