@@ -325,9 +325,10 @@ def _confidence_score(result):
     """One number for sorting and review (higher = more confident), or None without a calibrated rule:
     for search-cr ``1 - disagreement / (2 * threshold)`` clipped to [0, 1], so 0.5 is the calibrated
     threshold (flagged below). A monotone rescaling of the disagreement, not a probability; an agreement
-    that the second metric did not confirm (``details["vote"]``), or that the NMI polish moved by more than
-    the threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold; a result that passed
-    on the re-agreement after polishing both directions is scored on that post-polish distance."""
+    that the second metric rejected (``details["vote"]["confirmed"] is False``), or that the NMI polish
+    moved by more than the threshold (``details["nmi_polish"]``), is capped at 0.45, below the threshold;
+    a result that passed on the re-agreement after polishing both directions is scored on that
+    post-polish distance (its vote has nothing to confirm: ``confirmed`` is None)."""
     cons = (result.details or {}).get("consistency")
     if result.method.startswith("search-cr") and cons and np.isfinite(cons["mm"]):
         mm = float(cons["mm"])
@@ -336,7 +337,7 @@ def _confidence_score(result):
             mm = float(polish["directions_after_polish_mm"])     # the agreement after polishing both
         score = float(np.clip(1.0 - mm / (2.0 * float(cons["threshold_mm"])), 0.0, 1.0))
         vote = (result.details or {}).get("vote") or {}
-        if vote and not vote.get("confirmed", True):
+        if vote.get("confirmed") is False:                       # the second metric rejected the agreement
             score = min(score, 0.45)
         if polish.get("note"):                                   # the polish left the agreed pose
             score = min(score, 0.45)
@@ -358,7 +359,8 @@ def _confidence(result) -> dict:
                        "docs/REGISTRATION.md"}
         if vote:
             out["second_metric"] = "normalised mutual information"
-            out["second_metric_confirmed"] = bool(vote.get("confirmed"))
+            # None: the directions disagreed, so there was no agreement for the second metric to confirm
+            out["second_metric_confirmed"] = vote.get("confirmed")
             out["result_chosen"] = vote.get("chosen")
         polish = d.get("nmi_polish")
         if polish:

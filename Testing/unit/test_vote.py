@@ -72,5 +72,34 @@ def test_an_unconfirmed_result_takes_the_estimate_nmi_prefers(fast_case):
     wrong, truth = _off(fast_case, 0.0, 15.0), fast_case.moving_to_fixed
     fwd, bwd, history = _run(fast_case, wrong, truth, (wrong, truth))
     result, success, vote = nmi_vote(fast_case.coronal_cet1, fast_case.axial_t2, wrong, False, fwd, bwd, history, 2.0)
-    assert success is False and vote["confirmed"] is False
+    assert success is False and vote["confirmed"] is None        # nothing agreed: nothing to confirm
     assert vote["chosen"] == "the backward estimate" and np.allclose(result, truth)
+
+
+def _scored(success, mm, vote=None, polish=None):
+    from MultimodalRegistrationLib.pipeline import _confidence, _confidence_score
+    from MultimodalRegistrationLib.registration.result import RegistrationResult
+
+    details = {"consistency": {"mm": mm, "threshold_mm": 2.0}}
+    if vote is not None:
+        details["vote"] = vote
+    if polish is not None:
+        details["nmi_polish"] = polish
+    r = RegistrationResult(np.eye(4), "search-cr", 0.9, success, details=details)
+    return _confidence_score(r), _confidence(r)
+
+
+def test_confidence_score_caps_only_a_rejected_agreement():
+    """0.5 is the threshold: an agreement the vote confirmed scores on its disagreement; one it rejected is
+    capped at 0.45; a result that passed on the post-polish re-agreement (the directions disagreed, so the
+    vote had nothing to confirm: None) scores on the post-polish distance, not the cap."""
+    assert _scored(True, 0.4, {"confirmed": True})[0] == 0.9
+    score, detail = _scored(False, 0.4, {"confirmed": False, "note": "rejected"})
+    assert score == 0.45 and detail["second_metric_confirmed"] is False
+    score, detail = _scored(True, 2.01, {"confirmed": None},
+                            {"applied": True, "moved_mm": 0.3, "nmi_before": 1.17, "nmi_after": 1.19,
+                             "directions_after_polish_mm": 0.06, "chosen": "the backward estimate"})
+    assert score == 0.985 and detail["second_metric_confirmed"] is None
+    assert _scored(False, 3.0, {"confirmed": None})[0] == 0.25
+    assert _scored(True, 0.4, {"confirmed": True}, {"note": "moved 2.5 mm", "moved_mm": 2.5, "nmi_before": 1.0,
+                                                    "nmi_after": 1.1})[0] == 0.45

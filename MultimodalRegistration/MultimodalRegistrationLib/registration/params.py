@@ -238,6 +238,11 @@ class SearchCrParams(SearchNccParams):
     polish_bins: int = 32
     polish_iterations: int = 8
     polish_agreement: bool = True        # directions disagree: polish each; both reaching one pose is the check
+    # the LM refinement stops once a step gains less than 3e-5 or after 2 damped tries (search-ncc: 1e-6, 5):
+    # 0.85x and 0.91x the CPU time on two sets of 32 tuning-patient dev cases, median TRE change 0.000 mm, no
+    # flag or success lost (benchmarks/results/search_cr_lm_stop_dev/README.md)
+    lm_min_gain: float = 3e-5
+    lm_tries: int = 2
 
     def engine(self, **changes) -> SearchNccParams:
         """The search engine's share of these parameters (with ``changes``), for one direction."""

@@ -94,7 +94,7 @@ def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, f
     for r, (_, m) in zip(rows, named):
         r["nmi"] = score(m)
     rivals = [r for r in rows if r["mm_from_result"] > tol and r["nmi"] > own]
-    vote.update(confirmed=bool(success and not rivals), result_nmi=own)
+    vote.update(confirmed=(not rivals) if success else None, result_nmi=own)
     if success and rivals:
         success = False
         vote["note"] = ("the two directions agree, but an estimate farther than "
