@@ -216,6 +216,45 @@ def test_search_cr_directions_on_two_threads_give_the_serial_result(cases, monke
     assert runs[True].details["consistency"]["passes"] == runs[False].details["consistency"]["passes"]
 
 
+def test_search_engine_cache_reuses_the_preparation_and_gives_the_same_result(fast_case):
+    """search-cr's restarts of one direction share a preparation cache: the second registration from
+    another start takes the scaled images, sample points and search features from it, and every result
+    is the one computed without the cache, to the last bit."""
+    from MultimodalRegistrationLib.registration.params import SearchCrParams
+    from MultimodalRegistrationLib.registration.search_ncc import register_search_ncc
+
+    p = SearchCrParams().engine()
+    start = about(rotvec_matrix(np.radians([2.0, -1.0, 1.5])), fast_case.coronal_cet1.center_world(), [3.0, -2.0, 1.0])
+    restart = p.replace(init="header", initial_transform=start)
+    cache = {}
+    first = register_search_ncc(fast_case.coronal_cet1, fast_case.axial_t2, params=p, cache=cache)
+    kinds = sorted({k[0] for k in cache})
+    assert kinds == ["centroids", "images", "knots", "level", "search"], kinds
+    filled = {k: id(v) for k, v in cache.items()}
+    second = register_search_ncc(fast_case.coronal_cet1, fast_case.axial_t2, params=restart, cache=cache)
+    assert {k: id(v) for k, v in cache.items()} == filled          # nothing recomputed, nothing added
+    for params, cached in ((p, first), (restart, second)):
+        alone = register_search_ncc(fast_case.coronal_cet1, fast_case.axial_t2, params=params)
+        assert np.array_equal(alone.moving_to_fixed, cached.moving_to_fixed) and alone.metric == cached.metric
+
+
+def test_first_done_runs_its_job_once_on_the_first_caller():
+    import threading
+
+    from MultimodalRegistrationLib.registration.search_cr import _FirstDone
+
+    ran = []
+    once = _FirstDone(lambda: ran.append(threading.current_thread().name))
+    threads = [threading.Thread(target=once, name=f"t{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    once()
+    assert len(ran) == 1
+    _FirstDone()()          # without a job: nothing to run
+
+
 def test_search_cr_without_check_says_success_is_unknown(fast_case):
     r = register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"consistency": False})
     assert r.success is None and "unknown" in r.details["success_note"]

@@ -240,7 +240,7 @@ def moving_for_search(mov: np.ndarray, moving: Volume, grid_mm: float):
 
 def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, fixed_mask: np.ndarray,
                start: np.ndarray, params, progress=None, cr_edges: np.ndarray | None = None,
-               offsets=()) -> list[tuple[float, np.ndarray]]:
+               offsets=(), prepared: dict | None = None) -> list[tuple[float, np.ndarray]]:
     """Global search around ``start``: masked NCC over every translation within ``search_shift_mm`` (FFT)
     (the correlation ratio on moving-intensity bins ``cr_edges`` instead, when given and the search
     feature is the intensity) for each rotation of a lattice. Coarse to fine: every rotation is scored
@@ -249,8 +249,9 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
     also runs from ``start`` translated by each of them (the same rotations, about the translated
     centre; its own ``search_keep`` best rotations), scored from the same correlations as the search
     around ``start`` where one grid holds the shifts of all (:class:`SearchGrid`; else on a grid of its
-    own, :data:`JOINT_MAX_GROWTH`). Returns the (score, moving_to_fixed) candidates of all the searches,
-    best first."""
+    own, :data:`JOINT_MAX_GROWTH`). ``prepared``: a dict kept across searches of the same images (their
+    smoothed feature images are computed once per grid spacing; None: nothing kept). Returns the
+    (score, moving_to_fixed) candidates of all the searches, best first."""
     grid_mm = float(params.search_grid_mm)
     coarse_mm = float(params.search_coarse_grid_mm or grid_mm)
     keep = int(params.search_keep or 0)
@@ -263,16 +264,25 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
     two_stage = coarse_mm > grid_mm and 0 < keep < len(starts)
     n_report = len(starts) + (min(len(starts), keep * n_win) if two_stage else 0)
     feature = params.search_feature
-    prepared: dict = {}
+    features = {} if prepared is None else prepared
+    stages: dict = {}
 
-    def prepare(stage_mm: float):
-        """The stage's grid, whether it holds every window (else it holds the first one only, and the
-        other windows' poses are scored on it translated), and the stage's resampled moving image."""
+    def images(stage_mm: float):
+        """The fixed and moving feature images of a stage (pose-independent)."""
         fixed_smooth = smooth_for(Volume(fix, fixed.affine), stage_mm)
         mov_t, shrunk = moving_for_search(mov, moving, stage_mm)
         if feature == "gradmag":
             fixed_smooth = gradient_magnitude(fixed_smooth, fixed.spacing)
             mov_t = torch.from_numpy(gradient_magnitude(mov_t[0, 0].numpy(), shrunk.spacing))[None, None]
+        return fixed_smooth, mov_t, shrunk
+
+    def prepare(stage_mm: float):
+        """The stage's grid, whether it holds every window (else it holds the first one only, and the
+        other windows' poses are scored on it translated), and the stage's resampled moving image."""
+        key = (stage_mm, feature)
+        if key not in features:
+            features[key] = images(stage_mm)
+        fixed_smooth, mov_t, shrunk = features[key]
         along = np.stack(offsets) @ fixed.direction
         joint = n_win == 1 or np.prod(_grid_box(fixed, stage_mm, shift_mm, along)[1]) <= \
             JOINT_MAX_GROWTH * np.prod(_grid_box(fixed, stage_mm, shift_mm, np.zeros((1, 3)))[1])
@@ -282,9 +292,9 @@ def fft_search(mov: np.ndarray, moving: Volume, fix: np.ndarray, fixed: Volume, 
     def run_stage(stage_mm: float, wanted: list, done: int) -> list:
         """Scores the rotations ``wanted[k]`` (indices into ``starts``) of each window k: per window, a
         dict rotation index -> (score, moving_to_fixed)."""
-        if stage_mm not in prepared:
-            prepared[stage_mm] = prepare(stage_mm)
-        grid, joint, mov_t, shrunk = prepared[stage_mm]
+        if stage_mm not in stages:
+            stages[stage_mm] = prepare(stage_mm)
+        grid, joint, mov_t, shrunk = stages[stage_mm]
         # the jobs: (rotation index, pose scored, the windows to read: (window k, the grid's window))
         if joint:
             sets = [set(w) for w in wanted]

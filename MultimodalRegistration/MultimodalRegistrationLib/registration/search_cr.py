@@ -11,6 +11,7 @@ an unsuccessful result is the estimate NMI prefers. Last, the result is polished
 a function."""
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -170,16 +171,45 @@ def _pair(pool, forward_job, backward_job):
     return forward_job(), fb.result()
 
 
+class _FirstDone:
+    """Runs ``job`` once, on whichever of the two direction threads finishes its registration first
+    (the other is then still busy): work that both directions' results do not need (the NMI polisher's
+    points) fills that thread's wait instead of lengthening the slower direction's."""
+
+    def __init__(self, job=None):
+        self._job = job
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            job, self._job = self._job, None
+        if job is not None:
+            job()
+
+
 def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccParams, p_bwd: SearchNccParams, tol,
-                      rescue, device, seed, pool):
+                      rescue, device, seed, pool, first_done=None, caches=(None, None)):
     """The forward (``forward_job()``, or a finished result) and backward registrations and their
     disagreement (mm), with the rescue: when they disagree, each direction is refined again from the
     other's result and keeps whichever of its two results its own metric prefers (one of them may sit in
-    a local optimum that the other's result escapes). Returns (fwd, bwd, mm, which directions took the
-    other's start, the two results before the rescue)."""
-    fwd, bwd = _pair(pool, forward_job,
-                     lambda: register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device,
-                                                 seed=seed + 1))
+    a local optimum that the other's result escapes). ``first_done``: a :class:`_FirstDone` that each
+    direction calls when its registration is done (None: nothing); ``caches``: the forward and backward
+    directions' preparation caches (:func:`~.search_ncc.register_search_ncc`). Returns (fwd, bwd, mm, which
+    directions took the other's start, the two results before the rescue)."""
+    first_done = first_done or _FirstDone()
+
+    def forward_then():
+        out = forward_job()
+        first_done()
+        return out
+
+    def backward_then():
+        out = register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device, seed=seed + 1,
+                                  cache=caches[1])
+        first_done()
+        return out
+
+    fwd, bwd = _pair(pool, forward_then, backward_then)
     raw = (fwd, bwd)
     mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
     swapped = []
@@ -188,9 +218,9 @@ def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccPar
         from_fwd = p_bwd.replace(init="header", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
         f2, b2 = _pair(pool,
                        lambda: register_search_ncc(moving, fixed, params=from_bwd, progress=None, device=device,
-                                                   seed=seed),
+                                                   seed=seed, cache=caches[0]),
                        lambda: register_search_ncc(fixed_1mm, moving, params=from_fwd, progress=None,
-                                                   device=device, seed=seed + 1))
+                                                   device=device, seed=seed + 1, cache=caches[1]))
         if np.isfinite(f2.metric) and f2.metric > fwd.metric:
             fwd = f2
             swapped.append("forward")
@@ -221,21 +251,19 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
     tol = float(params.consistency_mm)
     t0 = time.perf_counter()
     p_fwd = params.engine()
+    # per direction, the preparation its restarts share (scaled images, sample points, search features)
+    caches = ({}, {})
 
     def forward(p=p_fwd, prog=progress):
-        return register_search_ncc(moving, fixed, params=p, progress=prog, device=device, seed=seed)
+        return register_search_ncc(moving, fixed, params=p, progress=prog, device=device, seed=seed, cache=caches[0])
 
     success = None
     vote_seconds = None
-    prepared = []      # the NMI polisher, built on the forward direction's thread once that direction is done
-
-    def forward_then_polisher():
-        # the polisher's points and moving volume do not depend on the pose: built while the backward
-        # direction (usually the slower one) still runs on the other thread, not after both
-        out = forward()
-        if params.nmi_polish:
-            prepared.append(_polisher(moving, fixed, params, device, seed))
-        return out
+    prepared = []      # the NMI polisher: built by the first direction done while the other one still runs
+    # the polisher's points and moving volume do not depend on the pose: built on the thread of whichever
+    # direction of the first pass finishes first, while the other one still runs, not after both
+    build_polisher = _FirstDone(
+        (lambda: prepared.append(_polisher(moving, fixed, params, device, seed))) if params.nmi_polish else None)
 
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
@@ -254,9 +282,10 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                 p_bwd = p_bwd.replace(init="search", initial_transform=np.linalg.inv(fwd.moving_to_fixed))
                 job = (lambda p=p_fwd: forward(p, None))
             else:
-                job = forward_then_polisher
+                job = forward
             f_new, b_new, d_new, swapped, raw = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
-                                                             params.rescue, device, seed, pool)
+                                                             params.rescue, device, seed, pool,
+                                                             build_polisher if k == 0 else None, caches)
             kept = []
             if k > 0:
                 # the second pass's two searches share a start (the forward estimate), so their agreement

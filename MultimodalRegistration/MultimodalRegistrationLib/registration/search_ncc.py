@@ -24,11 +24,24 @@ from .search import distinct, fft_search
 
 
 def register_search_ncc(moving: Volume, fixed: Volume, *, params: SearchNccParams | None = None, progress=None,
-                        device: str = "cpu", seed: int = 0) -> RegistrationResult:
-    """The search engine with ``params`` (:class:`~.params.SearchNccParams`; defaults: search-ncc)."""
+                        device: str = "cpu", seed: int = 0, cache: dict | None = None) -> RegistrationResult:
+    """The search engine with ``params`` (:class:`~.params.SearchNccParams`; defaults: search-ncc).
+    ``cache``: a dict kept by the caller across several registrations of the same ``moving`` and ``fixed``
+    images (search-cr's restarts of one direction): the pose-independent preparation (scaled images,
+    masks, the refinement levels' sample points, the search's smoothed feature images) is computed once
+    and reused; the results are the same as without it. None: nothing is kept."""
     params = params or SearchNccParams()
     with torch_threads(int(params.torch_threads or torch.get_num_threads())):
-        return _register(moving, fixed, params, progress, device, seed)
+        return _register(moving, fixed, params, progress, device, seed, cache)
+
+
+def _cached(cache: dict | None, key, make):
+    """``make()``, kept in ``cache`` under ``key`` (computed each time without a cache)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def _cr_knots(mov: np.ndarray, n_bins: int) -> np.ndarray:
@@ -39,9 +52,9 @@ def _cr_knots(mov: np.ndarray, n_bins: int) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], qs]))
 
 
-def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, device, seed) -> RegistrationResult:
-    dev = torch.device(resolve_device(device))
-    t0 = time.perf_counter()
+def _prepare_images(moving: Volume, fixed: Volume, p: SearchNccParams):
+    """The scaled moving array, the fixed stack block-averaged to the finest level, its scaled array and
+    mask (pose-independent)."""
     mov = np.asarray(moving.array, dtype=np.float32)
     mov = mov / robust_scale(mov)
     # everything on the fixed side works from the axial stack block-averaged in-plane to the finest
@@ -51,15 +64,23 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
     fix = fix / robust_scale(fix)
     fix_mask = signal_mask(fix, float(p.fixed_mask_frac), dilate=1) if float(p.fixed_mask_frac) > 0 else \
         np.ones(fix.shape, dtype=bool)
+    return mov, fixed, fix, fix_mask
+
+
+def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, device, seed, cache=None) -> RegistrationResult:
+    dev = torch.device(resolve_device(device))
+    t0 = time.perf_counter()
+    mov, fixed, fix, fix_mask = _cached(cache, ("images", tuple(p.levels_mm), float(p.fixed_mask_frac)),
+                                        lambda: _prepare_images(moving, fixed, p))
     start = np.asarray(p.initial_transform if p.initial_transform is not None else np.eye(4), dtype=np.float64)
     init = p.init
     use_cr = p.similarity == "cr"
     if use_cr:
-        knots_np = _cr_knots(mov, int(p.cr_bins))
+        knots_np = _cached(cache, ("knots", int(p.cr_bins)), lambda: _cr_knots(mov, int(p.cr_bins)))
         cr_knots = torch.from_numpy(knots_np.astype(np.float64))
 
     if init == "center":
-        start = center_init(moving.with_array(mov), fixed.with_array(fix)) @ start
+        start = _cached(cache, ("centroids",), lambda: center_init(moving.with_array(mov), fixed.with_array(fix))) @ start
     levels = list(p.levels_mm)
     iters = list(p.iterations)
     max_points = list(p.max_points)
@@ -76,8 +97,10 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
             # the first: it finds cases whose header positions are off by more than the search range,
             # or where a wrong peak near the header start outscores the true one further away. Its
             # start is the first one translated: the two share the FFTs where one grid holds both
-            offsets.append(center_init(moving.with_array(mov), fixed.with_array(fix))[:3, 3])
-        cands = fft_search(mov, moving, fix, fixed, fix_mask, start, p, progress, edges, offsets)
+            offsets.append(_cached(cache, ("centroids",),
+                                   lambda: center_init(moving.with_array(mov), fixed.with_array(fix)))[:3, 3])
+        cands = fft_search(mov, moving, fix, fixed, fix_mask, start, p, progress, edges, offsets,
+                           prepared=None if cache is None else cache.setdefault(("search", str(dev)), {}))
         details["search_best_ncc"] = cands[0][0]
         timings["search"] = time.perf_counter() - t1
         cands = distinct(cands, int(p.top_k))
@@ -95,7 +118,13 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
             return refine_lm(from_transform, lvl, c_world_of(from_transform), n_iter, **stop)
         return refine_lbfgs(from_transform, lvl, c_world_of(from_transform), n_iter)
 
-    lvl0 = Level(moving, mov, fixed, fix, fix_mask, levels[0], int(p.profile_samples), max_points[0], seed, dev)
+    def level(li):
+        return _cached(cache, ("level", float(levels[li]), int(p.profile_samples), int(max_points[li]), seed + li,
+                               str(dev)),
+                       lambda: Level(moving, mov, fixed, fix, fix_mask, levels[li], int(p.profile_samples),
+                                     max_points[li], seed + li, dev))
+
+    lvl0 = level(0)
     screen = int(p.screen_iterations) if len(cands) > 1 else 0
     best = None
     for _, cand in cands:       # every candidate gets a short refinement (all of it when there is one)
@@ -112,8 +141,7 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
     per_level = [value]
     for li in range(1, len(levels)):
         t1 = time.perf_counter()
-        lvl = Level(moving, mov, fixed, fix, fix_mask, levels[li], int(p.profile_samples), max_points[li],
-                    seed + li, dev)
+        lvl = level(li)
         found, value2, frac2 = refine(current, lvl, iters[li])
         if np.isfinite(value2):
             current, value, frac = found, value2, frac2
