@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,37 @@ def _load_inputs(coronal, axial, coronal_labels, axial_labels, params: Params):
     return cor, ax, cl, al
 
 
+def _import_engine_modules(method: str) -> None:
+    """Imports what the translator and ``method`` need (torch, the method's module, scipy.optimize for
+    search-cr's polish) ahead of their first use. Any failure is left to that first use to report."""
+    try:
+        import torch  # noqa: F401
+
+        from . import translate  # noqa: F401
+        if method == "search-ncc":
+            from .registration import search_ncc  # noqa: F401
+        elif method == "search-cr":
+            import scipy.optimize  # noqa: F401
+
+            from .registration import search_cr  # noqa: F401
+    except Exception:   # noqa: BLE001 - reported where the module is used
+        pass
+
+
+def _from_engine_modules(filename: str) -> bool:
+    """Whether a warning raised at ``filename`` comes from torch or scipy (which
+    :func:`_import_engine_modules` imports while the inputs load), not from reading the inputs."""
+    import importlib.util
+
+    where = Path(filename).resolve()
+    for name in ("torch", "scipy"):
+        spec = importlib.util.find_spec(name)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            if where.is_relative_to(Path(root).resolve()):
+                return True
+    return False
+
+
 def _resolve_translator(spec: str, device: str):
     """Loads the translator; the bundled default falls back to 'none' only when it is not installed."""
     from . import translate
@@ -109,6 +141,10 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
     timings = {}
     t0 = time.perf_counter()
     report(progress, "load", 0, 1)
+    # the heavy modules (torch above all, ~1 s) are imported on a thread of their own while the files are
+    # read (gzip decompression releases the GIL)
+    imports = threading.Thread(target=_import_engine_modules, args=(method,), name="mmreg-imports", daemon=True)
+    imports.start()
     header_warnings = []
     caught = []
     try:
@@ -116,9 +152,11 @@ def run_case(coronal, axial, out_dir, *, coronal_labels=None, axial_labels=None,
             warnings.simplefilter("always")
             cor, ax, cl, al = _load_inputs(coronal, axial, coronal_labels, axial_labels, params)
     finally:
+        imports.join()
         for w in caught:   # shown to the caller as usual (also when loading failed), and kept for report.json
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            header_warnings.append(str(w.message))
+            if not _from_engine_modules(w.filename):   # (a module the other thread imported is not an input)
+                header_warnings.append(str(w.message))
     translator, translator_note = _resolve_translator(params.translator, params.device)
     report(progress, "load", 1, 1)
     timings["load"] = time.perf_counter() - t0
