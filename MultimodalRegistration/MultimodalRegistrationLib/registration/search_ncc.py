@@ -67,20 +67,26 @@ def _prepare_images(moving: Volume, fixed: Volume, p: SearchNccParams):
     return mov, fixed, fix, fix_mask
 
 
-def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, device, seed, cache=None) -> RegistrationResult:
+def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, device, seed,
+              cache=None) -> RegistrationResult:
     dev = torch.device(resolve_device(device))
     t0 = time.perf_counter()
-    mov, fixed, fix, fix_mask = _cached(cache, ("images", tuple(p.levels_mm), float(p.fixed_mask_frac)),
-                                        lambda: _prepare_images(moving, fixed, p))
+    # what the prepared images depend on besides the two volumes (every cache key includes it)
+    prep = (tuple(float(v) for v in p.levels_mm), float(p.fixed_mask_frac))
+    mov, fixed, fix, fix_mask = _cached(cache, ("images",) + prep, lambda: _prepare_images(moving, fixed, p))
     start = np.asarray(p.initial_transform if p.initial_transform is not None else np.eye(4), dtype=np.float64)
     init = p.init
     use_cr = p.similarity == "cr"
     if use_cr:
-        knots_np = _cached(cache, ("knots", int(p.cr_bins)), lambda: _cr_knots(mov, int(p.cr_bins)))
+        knots_np = _cached(cache, ("knots", int(p.cr_bins)) + prep, lambda: _cr_knots(mov, int(p.cr_bins)))
         cr_knots = torch.from_numpy(knots_np.astype(np.float64))
 
+    def centroids():
+        return _cached(cache, ("centroids",) + prep,
+                       lambda: center_init(moving.with_array(mov), fixed.with_array(fix)))
+
     if init == "center":
-        start = _cached(cache, ("centroids",), lambda: center_init(moving.with_array(mov), fixed.with_array(fix))) @ start
+        start = centroids() @ start
     levels = list(p.levels_mm)
     iters = list(p.iterations)
     max_points = list(p.max_points)
@@ -97,10 +103,9 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
             # the first: it finds cases whose header positions are off by more than the search range,
             # or where a wrong peak near the header start outscores the true one further away. Its
             # start is the first one translated: the two share the FFTs where one grid holds both
-            offsets.append(_cached(cache, ("centroids",),
-                                   lambda: center_init(moving.with_array(mov), fixed.with_array(fix)))[:3, 3])
+            offsets.append(centroids()[:3, 3])
         cands = fft_search(mov, moving, fix, fixed, fix_mask, start, p, progress, edges, offsets,
-                           prepared=None if cache is None else cache.setdefault(("search", str(dev)), {}))
+                           prepared=None if cache is None else cache.setdefault(("search",) + prep + (str(dev),), {}))
         details["search_best_ncc"] = cands[0][0]
         timings["search"] = time.perf_counter() - t1
         cands = distinct(cands, int(p.top_k))
@@ -120,7 +125,7 @@ def _register(moving: Volume, fixed: Volume, p: SearchNccParams, progress, devic
 
     def level(li):
         return _cached(cache, ("level", float(levels[li]), int(p.profile_samples), int(max_points[li]), seed + li,
-                               str(dev)),
+                               str(dev)) + prep,
                        lambda: Level(moving, mov, fixed, fix, fix_mask, levels[li], int(p.profile_samples),
                                      max_points[li], seed + li, dev))
 
