@@ -154,6 +154,19 @@ def browser(tmp_path):
         drv.quit()
 
 
+#: true once the expanded row's figures have all finished loading (loaded or broken)
+_IMAGES_LOADED = ("const i = [...document.querySelectorAll('tr.detail img')]; "
+                  "return i.length > 0 && i.every(x => x.complete);")
+
+
+def _wait_js(drv, condition_js: str, timeout: float = 15.0) -> None:
+    """Polls ``condition_js`` until it is true (a loaded machine can take longer than a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not drv.execute_script(condition_js):
+        assert time.monotonic() < deadline, f"not true after {timeout} s: {condition_js}"
+        time.sleep(0.05)
+
+
 def _reload_until(drv, condition_js: str, timeout: float = 15.0) -> int:
     """Reloads the page until ``condition_js`` is true; returns how many reloads it took.
 
@@ -161,8 +174,6 @@ def _reload_until(drv, condition_js: str, timeout: float = 15.0) -> int:
     machine a reload right after the clicks sometimes found the storage empty (3 runs in 8 with both
     cores busy; a second tab opened meanwhile already saw the marks), and a later reload finds them.
     Marks that are never stored still fail here, after ``timeout`` seconds."""
-    import time
-
     deadline = time.monotonic() + timeout
     reloads = 0
     while True:
@@ -235,7 +246,7 @@ def test_batch_report_in_headless_chromium(tmp_path, browser):
     assert "</script><b>not bold</b>" in drv.find_element("css selector", "td .err").text
     # expanding a row shows its figures (loaded), the flicker/slider and the Slicer command
     drv.find_element("css selector", 'tr.case[data-id="p_low"] td').click()
-    time.sleep(0.3)
+    _wait_js(drv, _IMAGES_LOADED)
     imgs = drv.execute_script("return [...document.querySelectorAll('tr.detail img')].map(i => "
                               "[i.getAttribute('src'), i.complete, i.naturalWidth])")
     assert sorted(i[0] for i in imgs) == ["p_low/qc_after.png", "p_low/qc_before.png", "p_low/report.png"]
@@ -312,7 +323,7 @@ def test_pipeline_writes_the_qc_outputs_and_batch_pages_name_the_final_folder(tm
     marker = json.loads((d / batch.MARKER).read_text())
     assert {"report.html", "qc_before.png", "qc_after.png"} <= set(marker["output_sha256"])
     browser.get((out / "report.html").as_uri())   # a page of one case opens with that case expanded
-    time.sleep(0.3)
+    _wait_js(browser, _IMAGES_LOADED)
     widths = browser.execute_script("return [...document.querySelectorAll('tr.detail img')].map(i => i.naturalWidth)")
     assert len(widths) == 3 and min(widths) > 100
     assert _severe(browser) == []
