@@ -69,18 +69,14 @@ def _load_inputs(coronal, axial, coronal_labels, axial_labels, params: Params):
 
 
 def _import_engine_modules(method: str) -> None:
-    """Imports what the translator and ``method`` need (torch, the method's module, scipy.optimize for
-    search-cr's polish) ahead of their first use. Any failure is left to that first use to report."""
+    """Imports what the translator and ``method`` need (torch, the method's modules and their lazy
+    imports: :func:`~.registration.preload`) ahead of their first use. Any failure is left to that first
+    use to report."""
     try:
         import torch  # noqa: F401
 
-        from . import translate  # noqa: F401
-        if method == "search-ncc":
-            from .registration import search_ncc  # noqa: F401
-        elif method == "search-cr":
-            import scipy.optimize  # noqa: F401
-
-            from .registration import search_cr  # noqa: F401
+        from . import registration, translate  # noqa: F401
+        registration.preload(method)
     except Exception:   # noqa: BLE001 - reported where the module is used
         pass
 

@@ -393,13 +393,13 @@ def test_qform_sform_disagreement_and_shear_warn_and_reach_the_report(tmp_path):
 def test_input_warnings_leave_out_the_engine_modules_imported_meanwhile():
     """run_case imports torch and scipy on a thread while the inputs load: a warning raised in their
     files is not an input warning; one raised while reading the inputs (our loader, nibabel) is."""
-    import scipy
+    import scipy.optimize
     import torch
 
     from MultimodalRegistrationLib import pipeline, volume
 
     assert pipeline._from_engine_modules(torch.__file__)
-    assert pipeline._from_engine_modules(scipy.optimize.__file__ if hasattr(scipy, "optimize") else scipy.__file__)
+    assert pipeline._from_engine_modules(scipy.optimize.__file__)
     assert not pipeline._from_engine_modules(volume.__file__)
     import nibabel
     assert not pipeline._from_engine_modules(nibabel.__file__)

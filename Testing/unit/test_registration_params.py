@@ -205,3 +205,24 @@ def test_registration_package_has_no_import_cycle_and_imports_no_private_name():
             visit(name, [name])
     assert {"MultimodalRegistrationLib.registration.search_cr", "MultimodalRegistrationLib.registration.mi",
             "MultimodalRegistrationLib.registration.params"} <= graph["MultimodalRegistrationLib.registration"]
+
+
+def test_preload_imports_the_method_and_its_lazy_imports_in_a_fresh_process():
+    """registration.preload (run_case calls it on a thread while reading the inputs) imports the method's
+    module and, for search-cr, the polish's optimiser, which the method would otherwise import while it
+    runs (the alias "ours" is search-ncc); an unknown method is an InputError."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from MultimodalRegistrationLib import registration; before = 'scipy.optimize' in sys.modules; "
+            "registration.preload('search-cr'); registration.preload('ours'); "
+            "print(before, 'scipy.optimize' in sys.modules, "
+            "'MultimodalRegistrationLib.registration.search_cr' in sys.modules, "
+            "'MultimodalRegistrationLib.registration.search_ncc' in sys.modules, "
+            "'MultimodalRegistrationLib.registration.mi' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True", "True", "False"], out
+    from MultimodalRegistrationLib import registration
+    from MultimodalRegistrationLib.errors import InputError
+    with pytest.raises(InputError):
+        registration.preload("mind")

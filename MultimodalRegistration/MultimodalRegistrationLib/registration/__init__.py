@@ -14,7 +14,8 @@ Shared pieces: :mod:`.params` (typed parameters, thresholds), :mod:`.result`, :m
 (in-plane shrinking, smoothing), :mod:`.images` (intensity helpers), :mod:`.search` (the FFT rotation
 lattice search), :mod:`.refine` (pyramid levels, the NCC and correlation-ratio models, the one LM loop),
 :mod:`.sampling` (torch trilinear sampling). The method modules are imported only when their method
-runs: ``mi`` and ``import MultimodalRegistrationLib.registration`` never import torch.
+runs, or by :func:`preload`: ``mi`` and ``import MultimodalRegistrationLib.registration`` never import
+torch.
 
 Details and every interpretation of the paper: docs/REGISTRATION.md.
 """
@@ -35,7 +36,8 @@ METHODS = ("search-cr", "search-ncc", "paper", "mi")
 METHOD_ALIASES = {"ours": "search-ncc"}
 DEFAULT_METHOD = "search-cr"
 
-__all__ = ["METHODS", "METHOD_ALIASES", "DEFAULT_METHOD", "canonical_method", "register", "RegistrationResult",
+__all__ = ["METHODS", "METHOD_ALIASES", "DEFAULT_METHOD", "canonical_method", "register", "preload",
+           "RegistrationResult",
            "MethodParams", "SearchCrParams", "SearchNccParams", "PaperParams", "MiParams", "PARAMS", "params_for",
            "SEARCH_CR_CONSISTENCY_MM", "SEARCH_NCC_SUCCESS_NCC", "PAPER_SUCCESS_MSE", "MI_SUCCESS_METRIC"]
 
@@ -72,6 +74,18 @@ def register(moving: Volume, fixed: Volume, method: str = DEFAULT_METHOD, *, par
         res = register_mi(moving, fixed, params=typed, progress=progress, seed=seed)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def preload(method: str) -> None:
+    """Imports what ``method`` would import while it first runs (search-cr: its modules and the polish's
+    optimiser; search-ncc: its modules), so that a caller can pay those imports ahead of time, e.g. on a
+    thread while it reads its inputs (``pipeline.run_case``)."""
+    method = canonical_method(method)
+    if method == "search-cr":
+        from .search_cr import preload as lazy_imports
+        lazy_imports()
+    elif method == "search-ncc":
+        from . import search_ncc  # noqa: F401
 
 
 def _check_inputs(moving: Volume, fixed: Volume) -> None:

@@ -66,6 +66,12 @@ def nmi_loss(bins: int, counter: list | None = None):
     return loss
 
 
+def import_optimizer() -> None:
+    """Imports the polish's optimiser module (scipy.optimize: 0.15-0.2 s), which refine_lbfgs imports
+    only when it first runs."""
+    import scipy.optimize  # noqa: F401
+
+
 class NmiPolisher:
     """The polish's sample points and moving volume (one :class:`~.refine.Level`), built once and used
     for any number of starts: polishes from several starts then score NMI on the same points, so their
@@ -74,9 +80,9 @@ class NmiPolisher:
     def __init__(self, moving: Volume, fixed: Volume, *, level_mm: float = 1.0, bins: int = 32,
                  max_points: int = 60000, profile: int = 1, seed: int = 0, device: str = "cpu"):
         t0 = time.perf_counter()
-        # the optimiser's module (0.15-0.2 s to import) is imported with the points, not at the first polish:
-        # search-cr builds the polisher while its other direction still runs
-        import scipy.optimize  # noqa: F401
+        # the optimiser's module is imported with the points, not at the first polish: search-cr builds the
+        # polisher while its other direction still runs (and run_case imports it while reading: preload)
+        import_optimizer()
         self.moving = moving
         self.bins = int(bins)
         self.level_mm = float(level_mm)

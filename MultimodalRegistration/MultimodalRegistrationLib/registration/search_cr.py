@@ -22,12 +22,17 @@ from .. import geometry
 from ..metrics import overlap_points
 from ..threads import cpu_share, torch_threads
 from ..volume import Volume
-from .nmi_polish import NmiPolisher
+from .nmi_polish import NmiPolisher, import_optimizer
 from .params import SearchCrParams, SearchNccParams
 from .pyramid import shrink_inplane
 from .result import RegistrationResult
 from .search_ncc import register_search_ncc
 from .vote import NmiScore
+
+
+def preload() -> None:
+    """What search-cr imports only while it runs (for ``registration.preload``): the polish's optimiser."""
+    import_optimizer()
 
 
 def midpoint_transform(moving: Volume, fixed: Volume, first: np.ndarray, second: np.ndarray) -> np.ndarray:
