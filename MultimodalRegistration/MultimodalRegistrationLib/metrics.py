@@ -18,27 +18,40 @@ if TYPE_CHECKING:  # annotations only: volume's NIfTI I/O is not needed to score
     from .volume import Volume
 
 
+class SignalPoints:
+    """The voxel centres (moving world, every ``step``-th voxel per axis) of the moving stack that carry
+    signal (above ``threshold_fraction`` of its 99.5th percentile): the pose-independent part of
+    :func:`overlap_points`, computed once for a caller that needs the overlap under many poses."""
+
+    def __init__(self, moving: Volume, step: int = 2, threshold_fraction: float = 0.05):
+        arr = np.asarray(moving.array, dtype=np.float32)
+        sl = tuple(slice(None, None, step) if moving.shape[a] > 2 * step else slice(None) for a in range(3))
+        sub = arr[sl]
+        idx = np.stack(np.meshgrid(*[np.arange(moving.shape[a])[sl[a]] for a in range(3)], indexing="ij"), axis=-1)
+        thr = threshold_fraction * float(np.percentile(arr, 99.5))
+        keep = sub > thr
+        self.world = moving.voxel_to_world(idx[keep].astype(np.float64))
+
+    def inside(self, fixed: Volume, moving_to_fixed: np.ndarray, max_points: int = 20000,
+               seed: int = 0) -> np.ndarray:
+        """The points (N, 3) that ``moving_to_fixed`` puts inside the fixed field of view (at most
+        ``max_points``, drawn with ``seed``)."""
+        in_fixed = fixed.world_to_voxel(geometry.apply(moving_to_fixed, self.world))
+        hi = np.asarray(fixed.shape) - 1
+        ok = np.all((in_fixed >= -0.5) & (in_fixed <= hi + 0.5), axis=1)
+        pts = self.world[ok]
+        if len(pts) > max_points:
+            rng = np.random.default_rng(seed)
+            pts = pts[rng.choice(len(pts), max_points, replace=False)]
+        return pts
+
+
 def overlap_points(moving: Volume, fixed: Volume, moving_to_fixed_true: np.ndarray,
                    step: int = 2, threshold_fraction: float = 0.05, max_points: int = 20000,
                    seed: int = 0) -> np.ndarray:
     """Moving-world points (N, 3) over the overlap: voxel centres of the moving grid that carry
-    signal and land inside the fixed field of view under the true transform."""
-    arr = np.asarray(moving.array, dtype=np.float32)
-    sl = tuple(slice(None, None, step) if moving.shape[a] > 2 * step else slice(None) for a in range(3))
-    sub = arr[sl]
-    idx = np.stack(np.meshgrid(*[np.arange(moving.shape[a])[sl[a]] for a in range(3)], indexing="ij"), axis=-1)
-    thr = threshold_fraction * float(np.percentile(arr, 99.5))
-    keep = sub > thr
-    ijk = idx[keep].astype(np.float64)
-    world = moving.voxel_to_world(ijk)
-    in_fixed = fixed.world_to_voxel(geometry.apply(moving_to_fixed_true, world))
-    hi = np.asarray(fixed.shape) - 1
-    ok = np.all((in_fixed >= -0.5) & (in_fixed <= hi + 0.5), axis=1)
-    pts = world[ok]
-    if len(pts) > max_points:
-        rng = np.random.default_rng(seed)
-        pts = pts[rng.choice(len(pts), max_points, replace=False)]
-    return pts
+    signal and land inside the fixed field of view under the true transform (:class:`SignalPoints`)."""
+    return SignalPoints(moving, step, threshold_fraction).inside(fixed, moving_to_fixed_true, max_points, seed)
 
 
 def point_errors(moving_to_fixed_est, moving_to_fixed_true, points) -> np.ndarray:

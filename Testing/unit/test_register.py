@@ -255,6 +255,67 @@ def test_first_done_runs_its_job_once_on_the_first_caller():
     _FirstDone()()          # without a job: nothing to run
 
 
+def test_first_done_wait_runs_a_job_nobody_ran_and_reraises_its_error():
+    from MultimodalRegistrationLib.registration.search_cr import _FirstDone
+
+    ran = []
+    once = _FirstDone(lambda: ran.append(1))
+    once.wait()
+    once.wait()
+    assert ran == [1]
+
+    def broken():
+        raise RuntimeError("polisher failed")
+
+    failing = _FirstDone(broken)
+    failing()                       # a direction thread runs it: the error is kept, not raised there
+    with pytest.raises(RuntimeError, match="polisher failed"):
+        failing.wait()              # but where its work is needed
+
+
+def test_pair_returns_both_results_without_waiting_for_the_first_done_job():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from MultimodalRegistrationLib.registration.search_cr import _FirstDone, _pair
+
+    release, started = threading.Event(), threading.Event()
+    done_by = []
+
+    def slow_job():                 # e.g. the polisher, on the backward thread that finished first
+        done_by.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(10)
+
+    first = _FirstDone(slow_job)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backward") as pool:
+        fwd, bwd = _pair(pool, lambda: started.wait(10) and "forward", lambda: "backward", first)
+        assert (fwd, bwd) == ("forward", "backward")
+        assert not first._done.is_set()          # the pair did not wait for it
+        release.set()
+        first.wait()
+    assert done_by[0].startswith("backward")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def fails():
+            raise ValueError("backward failed")
+        with pytest.raises(ValueError, match="backward failed"):
+            _pair(pool, lambda: "forward", fails)
+    assert _pair(None, lambda: 1, lambda: 2, _FirstDone(lambda: None)) == (1, 2)
+
+
+def test_signal_points_give_overlap_points_for_any_pose(fast_case):
+    from MultimodalRegistrationLib.metrics import SignalPoints
+
+    moving, fixed = fast_case.coronal_cet1, fast_case.axial_t2
+    signal = SignalPoints(moving)
+    for m in (fast_case.moving_to_fixed, np.eye(4),
+              about(rotvec_matrix(np.radians([0.0, 20.0, 5.0])), moving.center_world(), [30.0, 0.0, -10.0])):
+        for n in (4000, 20000):
+            assert np.array_equal(signal.inside(fixed, m, max_points=n), metrics.overlap_points(moving, fixed, m,
+                                                                                                  max_points=n))
+
+
 def test_search_cr_without_check_says_success_is_unknown(fast_case):
     r = register(fast_case.coronal_cet1, fast_case.axial_t2, "search-cr", params={"consistency": False})
     assert r.success is None and "unknown" in r.details["success_note"]

@@ -144,6 +144,7 @@ class SearchNccParams(MethodParams):
     init: str = "search"                 # "search" (header start + global search) | "header" (trust headers) | "center"
     search_rot_deg: float = 15.0         # rotation lattice radius around the start
     search_rot_step_deg: float = 7.5
+    search_lattice: str = "cubic"        # rotation lattice: "cubic" or "bcc" (body-centred; search.rotation_lattice)
     search_shift_mm: float = 50.0        # translation range of the FFT search around the start
     search_grid_mm: float = 8.0
     search_coarse_grid_mm: float = 12.0  # every rotation is scored on this grid first ...
@@ -173,6 +174,7 @@ class SearchNccParams(MethodParams):
         _choice("optimizer", self.optimizer, ("lm", "lbfgs"))
         _choice("similarity", self.similarity, ("ncc", "cr"))
         _choice("search_feature", self.search_feature, ("intensity", "gradmag"))
+        _choice("search_lattice", self.search_lattice, ("cubic", "bcc"))
         if self.similarity == "cr":
             if self.optimizer != "lm":
                 raise InputError("similarity 'cr' needs optimizer 'lm'")

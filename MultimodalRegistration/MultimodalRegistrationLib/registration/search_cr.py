@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from .. import geometry
-from ..metrics import overlap_points
+from ..metrics import SignalPoints
 from ..threads import cpu_share, torch_threads
 from ..volume import Volume
 from .nmi_polish import NmiPolisher, import_optimizer
@@ -35,10 +35,17 @@ def preload() -> None:
     import_optimizer()
 
 
-def midpoint_transform(moving: Volume, fixed: Volume, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+def _overlap(moving: Volume, fixed: Volume, moving_to_fixed: np.ndarray, signal: SignalPoints | None = None):
+    """At most 4000 of the moving stack's signal points that ``moving_to_fixed`` puts inside the fixed
+    stack (``signal``: the moving stack's :class:`~..metrics.SignalPoints`, else computed here)."""
+    return (signal or SignalPoints(moving)).inside(fixed, moving_to_fixed, max_points=4000)
+
+
+def midpoint_transform(moving: Volume, fixed: Volume, first: np.ndarray, second: np.ndarray,
+                       signal: SignalPoints | None = None) -> np.ndarray:
     """The rigid transform closest (least squares over the overlap) to the point-wise mean of the two
     moving->fixed transforms ``first`` and ``second`` (Kabsch)."""
-    pts = overlap_points(moving, fixed, first, max_points=4000)
+    pts = _overlap(moving, fixed, first, signal)
     if len(pts) < 4:
         return np.asarray(first, dtype=np.float64)
     mean_pts = 0.5 * (geometry.apply(first, pts) + geometry.apply(second, pts))
@@ -60,14 +67,16 @@ def pose_distance_mm(points: np.ndarray, first: np.ndarray, second: np.ndarray) 
     return float(np.linalg.norm(geometry.apply(first, points) - geometry.apply(second, points), axis=1).mean())
 
 
-def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward: np.ndarray) -> float:
+def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward: np.ndarray,
+                   signal: SignalPoints | None = None) -> float:
     """Mean distance (mm, fixed world) between where ``forward`` (moving->fixed) and ``inv(backward)``
     (backward: fixed->moving) put the moving stack's signal voxels that fall inside the fixed stack."""
-    return pose_distance_mm(overlap_points(moving, fixed, forward, max_points=4000), forward,
+    return pose_distance_mm(_overlap(moving, fixed, forward, signal), forward,
                             np.linalg.inv(backward))
 
 
-def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, fwd, bwd, history, tol: float):
+def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, fwd, bwd, history, tol: float,
+             signal: SignalPoints | None = None):
     """The second metric's vote (:mod:`.vote`). Candidates: every estimate the run produced (each pass's
     searched forward and backward results, before any restart, and the final forward and backward
     estimates). ``success`` stands only if no candidate farther than ``tol`` from ``result`` has a higher
@@ -79,7 +88,7 @@ def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, f
     for h in history:
         named.append((f"the pass-{h['pass']} forward search", np.asarray(h["searched_forward_ras"])))
         named.append((f"the pass-{h['pass']} backward search", np.asarray(h["searched_backward_inverse_ras"])))
-    points = overlap_points(moving, fixed, result, max_points=4000)
+    points = _overlap(moving, fixed, result, signal)
     rows = [{"estimate": name, "mm_from_result": pose_distance_mm(points, result, m)} for name, m in named]
     vote = {"similarity": "normalised mutual information, 32 bins, 2 mm in-plane", "candidates": rows,
             "chosen": "result"}
@@ -119,13 +128,13 @@ def _polisher(moving, fixed, params: SearchCrParams, device, seed) -> NmiPolishe
                        device=device)
 
 
-def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed, tol, polisher=None):
+def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed, tol, polisher=None, signal=None):
     """The NMI polish (:mod:`.nmi_polish`) of ``result`` (with ``polisher``, else one built here); returns
     (result, success, details). A polish that moves a successful result farther than ``tol`` has left the
     pose the two directions agreed on: the result is then no longer confirmed (success false, with a note)."""
     polisher = polisher or _polisher(moving, fixed, params, device, seed)
     polished, info = polisher.polish(result, params.polish_iterations)
-    info["moved_mm"] = pose_distance_mm(overlap_points(moving, fixed, result, max_points=4000), result, polished)
+    info["moved_mm"] = pose_distance_mm(_overlap(moving, fixed, result, signal), result, polished)
     if success and info["moved_mm"] > tol:
         success = False
         info["note"] = (f"the NMI polish moved the agreed result by {info['moved_mm']:.1f} mm (more than "
@@ -133,7 +142,8 @@ def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed
     return polished, success, info
 
 
-def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, device, seed, tol, polisher=None):
+def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, device, seed, tol, polisher=None,
+                       signal=None):
     """The forward and backward estimates disagree (farther apart than ``tol``): the result, the forward
     estimate and the backward one are each polished on NMI (one polisher: the same sample points, so their
     NMI values compare). When the polished forward and backward estimates lie within ``tol`` of each other
@@ -154,7 +164,7 @@ def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, 
     best = max(range(3), key=lambda i: polished[i][3]["nmi_after"])
     name, start, out, info = polished[best]
     info = dict(info, chosen=name, starts=[{"start": n, "nmi_after": d["nmi_after"]} for n, _, _, d in polished])
-    pts = overlap_points(moving, fixed, out, max_points=4000)
+    pts = _overlap(moving, fixed, out, signal)
     info["moved_mm"] = pose_distance_mm(pts, np.asarray(result, dtype=np.float64), out)
     apart = pose_distance_mm(pts, polished[1][2], polished[2][2])
     info["directions_after_polish_mm"] = apart
@@ -166,57 +176,104 @@ def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, 
     return out, success, info
 
 
-def _pair(pool, forward_job, backward_job):
+def _pair(pool, forward_job, backward_job, first_done=None):
     """Runs the two independent directions at once on ``pool`` (None: one after the other); returns
     (forward result, backward result). Each direction is deterministic on its own (one torch thread,
-    its own seed), so running them together changes the time, not the results."""
+    its own seed), so running them together changes the time, not the results. ``first_done``: a
+    :class:`_FirstDone` that each direction calls once its result is ready; the result does not wait for
+    it (its work is waited for where it is needed: :meth:`_FirstDone.wait`)."""
+    first_done = first_done or _FirstDone()
     if pool is None:
-        return forward_job(), backward_job()
-    fb = pool.submit(backward_job)
-    return forward_job(), fb.result()
+        fwd = forward_job()
+        first_done()
+        bwd = backward_job()
+        first_done()
+        return fwd, bwd
+    ready = Future()
+
+    def backward_then():
+        try:
+            ready.set_result(backward_job())
+        except BaseException as exc:  # noqa: BLE001  (re-raised on the forward thread by ready.result())
+            ready.set_exception(exc)
+            return
+        first_done()
+
+    pool.submit(backward_then)
+    fwd = forward_job()
+    first_done()
+    return fwd, ready.result()
 
 
 class _FirstDone:
     """Runs ``job`` once, on whichever of the two direction threads finishes its registration first
     (the other is then still busy): work that both directions' results do not need (the NMI polisher's
-    points) fills that thread's wait instead of lengthening the slower direction's."""
+    points) fills that thread's wait instead of lengthening the slower direction's. Whoever needs the
+    job's work calls :meth:`wait` (it runs the job there if no direction has)."""
 
     def __init__(self, job=None):
         self._job = job
         self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._error = None
+        if job is None:
+            self._done.set()
 
     def __call__(self):
         with self._lock:
             job, self._job = self._job, None
         if job is not None:
-            job()
+            try:
+                job()
+            except BaseException as exc:  # noqa: BLE001  (re-raised by wait() on the thread that needs it)
+                self._error = exc
+            finally:
+                self._done.set()
+
+    def wait(self):
+        """Waits until the job has run (running it here if nobody has); re-raises its exception."""
+        self()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class _Once:
+    """``make()``, computed on the first call (from whichever thread) and kept."""
+
+    def __init__(self, make):
+        self._make = make
+        self._lock = threading.Lock()
+        self._value = None
+
+    def __call__(self):
+        with self._lock:
+            if self._make is not None:
+                self._value, self._make = self._make(), None
+            return self._value
 
 
 def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccParams, p_bwd: SearchNccParams, tol,
-                      rescue, device, seed, pool, first_done=None, caches=(None, None)):
+                      rescue, device, seed, pool, first_done=None, caches=(None, None), signal=None):
     """The forward (``forward_job()``, or a finished result) and backward registrations and their
     disagreement (mm), with the rescue: when they disagree, each direction is refined again from the
     other's result and keeps whichever of its two results its own metric prefers (one of them may sit in
-    a local optimum that the other's result escapes). ``first_done``: a :class:`_FirstDone` that each
-    direction calls when its registration is done (None: nothing); ``caches``: the forward and backward
-    directions' preparation caches (:func:`~.search_ncc.register_search_ncc`). Returns (fwd, bwd, mm, which
-    directions took the other's start, the two results before the rescue)."""
-    first_done = first_done or _FirstDone()
+    a local optimum that the other's result escapes). ``fixed_1mm``: a callable that returns the backward
+    direction's moving image (the axial stack at about 1 mm in-plane; made on the backward thread);
+    ``first_done``: a :class:`_FirstDone` that each direction calls when its registration is done (None:
+    nothing); ``caches``: the forward and backward directions' preparation caches
+    (:func:`~.search_ncc.register_search_ncc`); ``signal``: a callable that returns the moving stack's
+    :class:`~..metrics.SignalPoints`. Returns (fwd, bwd, mm, which directions took the other's start, the
+    two results before the rescue)."""
+    signal = signal or (lambda: None)
 
-    def forward_then():
-        out = forward_job()
-        first_done()
-        return out
+    def backward():
+        return register_search_ncc(fixed_1mm(), moving, params=p_bwd, progress=None, device=device, seed=seed + 1,
+                                   cache=caches[1])
 
-    def backward_then():
-        out = register_search_ncc(fixed_1mm, moving, params=p_bwd, progress=None, device=device, seed=seed + 1,
-                                  cache=caches[1])
-        first_done()
-        return out
-
-    fwd, bwd = _pair(pool, forward_then, backward_then)
+    fwd, bwd = _pair(pool, forward_job, backward, first_done)
     raw = (fwd, bwd)
-    mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+    mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed, signal())
     swapped = []
     if not (np.isfinite(mm) and mm <= tol) and rescue:
         from_bwd = p_fwd.replace(init="header", initial_transform=np.linalg.inv(bwd.moving_to_fixed))
@@ -224,7 +281,7 @@ def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccPar
         f2, b2 = _pair(pool,
                        lambda: register_search_ncc(moving, fixed, params=from_bwd, progress=None, device=device,
                                                    seed=seed, cache=caches[0]),
-                       lambda: register_search_ncc(fixed_1mm, moving, params=from_fwd, progress=None,
+                       lambda: register_search_ncc(fixed_1mm(), moving, params=from_fwd, progress=None,
                                                    device=device, seed=seed + 1, cache=caches[1]))
         if np.isfinite(f2.metric) and f2.metric > fwd.metric:
             fwd = f2
@@ -232,7 +289,7 @@ def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccPar
         if np.isfinite(b2.metric) and b2.metric > bwd.metric:
             bwd = b2
             swapped.append("backward")
-        mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed)
+        mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed, signal())
     return fwd, bwd, mm, swapped, raw
 
 
@@ -273,7 +330,8 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
         # finest level samples it at 4 mm: the native 0.5 mm grid only costs time)
-        fixed_1mm = shrink_inplane(fixed, 1.0)
+        fixed_1mm = _Once(lambda: shrink_inplane(fixed, 1.0))     # made by the backward direction's thread
+        signal = _Once(lambda: SignalPoints(moving))   # the overlap's points, for every distance between poses
         # the check always runs its own global search
         p_bwd = p_fwd.replace(init="search" if p_fwd.init == "header" else p_fwd.init,
                               initial_transform=None if p_fwd.initial_transform is None
@@ -290,7 +348,7 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                 job = forward
             f_new, b_new, d_new, swapped, raw = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
                                                              params.rescue, device, seed, pool,
-                                                             build_polisher if k == 0 else None, caches)
+                                                             build_polisher if k == 0 else None, caches, signal)
             kept = []
             if k > 0:
                 # the second pass's two searches share a start (the forward estimate), so their agreement
@@ -303,7 +361,7 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                     b_new = bwd
                     kept.append("backward")
                 if kept:
-                    d_new = consistency_mm(moving, fixed, f_new.moving_to_fixed, b_new.moving_to_fixed)
+                    d_new = consistency_mm(moving, fixed, f_new.moving_to_fixed, b_new.moving_to_fixed, signal())
             history.append({"pass": k + 1, "mm": d_new, "restarted_from_the_other": swapped,
                             "kept_the_earlier_result": kept,
                             "searched_forward_ras": np.asarray(raw[0].moving_to_fixed).tolist(),
@@ -325,25 +383,29 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
         success = bool(np.isfinite(mm) and mm <= tol)
         if success and params.symmetric:
             # two independent estimates that agree: their rigid mean halves the error variance
-            result = midpoint_transform(moving, fixed, fwd.moving_to_fixed, np.linalg.inv(bwd.moving_to_fixed))
+            result = midpoint_transform(moving, fixed, fwd.moving_to_fixed, np.linalg.inv(bwd.moving_to_fixed),
+                                        signal())
             details["result"] = "rigid mean of the forward and backward estimates"
         else:
             details["result"] = "forward estimate"
         if params.vote:
             t_vote = time.perf_counter()
-            result, success, details["vote"] = nmi_vote(moving, fixed, result, success, fwd, bwd, history, tol)
+            result, success, details["vote"] = nmi_vote(moving, fixed, result, success, fwd, bwd, history, tol,
+                                                        signal())
             vote_seconds = time.perf_counter() - t_vote
             if details["vote"]["chosen"] != "result":
                 details["result"] = details["vote"]["chosen"] + " (preferred by the second metric)"
         if params.nmi_polish and success is False and params.polish_agreement and \
                 not (details.get("vote") or {}).get("note"):
             # the directions disagree: polish each of them too; if both reach one pose, that is the check
+            build_polisher.wait()
             result, success, details["nmi_polish"] = _polish_directions(moving, fixed, result, fwd, bwd, params,
-                                                                        device, seed, tol, prepared[0])
+                                                                        device, seed, tol, prepared[0], signal())
             details["result"] = f"{details['nmi_polish']['chosen']}, polished on NMI (the best of three polished starts)"
         elif params.nmi_polish:
+            build_polisher.wait()
             result, success, details["nmi_polish"] = _polish(moving, fixed, result, success, params, device, seed,
-                                                             tol, prepared[0])
+                                                             tol, prepared[0], signal())
             if details["nmi_polish"]["applied"]:
                 details["result"] += ", polished on NMI"
     else:
