@@ -113,3 +113,26 @@ def test_directions_that_disagree_but_polish_to_one_pose_pass_the_check(fast_cas
     # farther apart than the threshold (2.0 mm) after the polish: observed 5.2 mm on Intel Xeon and AMD Zen 5
     # machines, 2.9 mm on an AMD Zen 2 one (avx2: L-BFGS follows the last bits of float32 sums)
     assert success is False and info["directions_after_polish_mm"] > 2.0 and "agreement_note" not in info
+
+
+def test_lbfgs_evaluates_each_point_once_and_reports_the_start_value(fast_case):
+    from MultimodalRegistrationLib.registration.refine import refine_lbfgs
+
+    lvl = _level(fast_case)
+    start = _off(fast_case, 1.5, 1.0)
+    c = geometry.apply(start, fast_case.coronal_cet1.center_world()[None])[0]
+    points = []
+    inner = nmi_loss(32)
+
+    def counting(x, *args):
+        points.append(x.detach().numpy().tobytes())
+        return inner(x, *args)
+
+    info = {}
+    found, value, frac = refine_lbfgs(start, lvl, c, 8, loss_fn=counting, ftol=1e-7, gtol=1e-6, info=info)
+    assert len(points) == len(set(points)) >= 3           # no point twice, the final value included
+    x0 = np.array([1e-4, 1e-4, 1e-4, 0.0, 0.0, 0.0])
+    with torch.no_grad():
+        at_start = -float(inner(torch.from_numpy(x0), lvl, torch.from_numpy(np.linalg.inv(start)),
+                                torch.from_numpy(c))[0])
+    assert info["start_value"] == at_start and value > at_start and frac > 0.1

@@ -465,3 +465,51 @@ def test_search_scores_a_translated_start_from_the_same_correlations(fast_case):
         assert abs(w1[0] - b[0]) < 3e-6 and np.allclose(w1[1], b[1], rtol=0, atol=1e-9)
     # the windows are not the same search: the second one's best shifts lie around tau
     assert any(not np.allclose(w0[1], w1[1], atol=1e-3) for w0, w1 in both)
+
+
+def test_rotation_lattices_cover_the_ball_as_documented():
+    from MultimodalRegistrationLib.registration.search import rotation_lattice
+
+    rng = np.random.default_rng(0)
+    probe = rng.normal(size=(4000, 3))
+    probe *= (22.0 * rng.random(4000) ** (1 / 3) / np.linalg.norm(probe, axis=1))[:, None]   # within 22 deg
+    for kind, step, n, cover in (("cubic", 10.0, 123, 10.0 * np.sqrt(3) / 2), ("bcc", 15.0, 65, 15.0 * np.sqrt(5) / 4)):
+        lattice = np.degrees(np.array(rotation_lattice(30.0, step, kind)))
+        assert len(lattice) == n and np.array_equal(lattice[0], np.zeros(3))
+        norms = np.linalg.norm(lattice, axis=1)
+        assert norms.max() <= 30.0 + 1e-6 and np.all(np.diff(norms) >= -1e-9)        # smallest first
+        nearest = np.linalg.norm(probe[:, None] - lattice[None], axis=2).min(axis=1)
+        assert nearest.max() <= cover + 1e-6 and nearest.max() > 0.85 * cover      # the covering radius
+    with pytest.raises(ValueError):
+        rotation_lattice(30.0, 10.0, "hexagonal")
+
+
+def test_robust_scale_equals_numpys_percentile_of_the_positive_voxels():
+    from MultimodalRegistrationLib.registration.images import _percentile_of_positive, robust_scale
+
+    def numpy_way(a, q):
+        pos = a[a > 0]
+        s = float(np.percentile(pos, q)) if pos.size else float(np.abs(a).max())
+        return s if s > 0 else 1.0
+
+    rng = np.random.default_rng(3)
+    fast = 0
+    for i in range(400):
+        n = 50 * int(rng.integers(100, 4000))
+        kind = i % 4
+        if kind == 0:
+            a = rng.random(n)
+        elif kind == 1:
+            a = rng.normal(size=n)                                   # half of the voxels negative
+        elif kind == 2:
+            a = np.round(rng.random(n) * rng.integers(2, 300))       # many ties, many zeros
+        else:
+            a = rng.exponential(size=n) * (rng.random(n) > 0.8)      # mostly background
+        a = a.astype(np.float32).reshape(-1, 50, 1)
+        a = np.asfortranarray(a) if i % 2 else a                      # NIfTI arrays come Fortran-ordered
+        q = float(rng.choice([99.0, 99.5, 98.0, 90.0]))
+        fast += _percentile_of_positive(a, q) is not None
+        assert robust_scale(a, q) == numpy_way(a, q), (i, q)
+    assert fast > 250                                                 # the fast path is the one tested
+    assert robust_scale(np.zeros((40, 40, 40), np.float32)) == 1.0
+    assert robust_scale(-np.ones((40, 40, 40), np.float32)) == 1.0

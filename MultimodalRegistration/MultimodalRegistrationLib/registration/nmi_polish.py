@@ -103,13 +103,10 @@ class NmiPolisher:
         loss = nmi_loss(self.bins, evaluations)
         start = np.asarray(start, dtype=np.float64)
         c_world = geometry.apply(start, self.moving.center_world()[None])[0]
-        with torch.no_grad():
-            before = -float(loss(torch.tensor([1e-4, 1e-4, 1e-4, 0.0, 0.0, 0.0], dtype=torch.float64,
-                                              device=self.dev), self.lvl,
-                                 torch.from_numpy(np.linalg.inv(start)).to(self.dev),
-                                 torch.from_numpy(c_world).to(self.dev))[0]) / 100.0
+        lbfgs: dict = {}
         found, value, _ = refine_lbfgs(start, self.lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7,
-                                       gtol=1e-6)
+                                       gtol=1e-6, info=lbfgs)
+        before = lbfgs["start_value"] / 100.0          # NMI at the start (L-BFGS's first point)
         after = value / 100.0
         kept = bool(np.isfinite(after) and after > before)
         details = {"similarity": f"normalised mutual information, {self.bins} bins, {self.level_mm:g} mm in-plane",

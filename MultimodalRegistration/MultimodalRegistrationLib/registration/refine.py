@@ -122,9 +122,11 @@ def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
 
 
 def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, loss_fn=None,
-                 ftol: float = 1e-6, gtol: float = 1e-5) -> tuple[np.ndarray, float, float]:
+                 ftol: float = 1e-6, gtol: float = 1e-5, info: dict | None = None) -> tuple[np.ndarray, float, float]:
     """L-BFGS (scipy's L-BFGS-B; torch autograd for the gradient) on the 6 rigid parameters; ``loss_fn``
-    (x, lvl, start_inv_t, c_t) -> (loss, overlap fraction), default -NCC; returns (M, -loss, fraction)."""
+    (x, lvl, start_inv_t, c_t) -> (loss, overlap fraction), default -NCC; returns (M, -loss, fraction).
+    Each point is evaluated once (the optimiser's repeated requests and the final value come from the
+    evaluation already made). ``info``: a dict that receives ``start_value`` (-loss at the start)."""
     from scipy.optimize import minimize
 
     loss_fn = loss_fn or _ncc_loss
@@ -132,15 +134,23 @@ def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
     dev = lvl.pts.device
     start_inv_t = torch.from_numpy(np.linalg.inv(start)).to(dev)
     c_t = torch.from_numpy(np.asarray(c_world, dtype=np.float64)).to(dev)
+    seen: dict = {}          # x (bytes) -> (loss, gradient, overlap fraction)
+
+    def evaluate(xn):
+        key = np.asarray(xn, dtype=np.float64).tobytes()
+        if key not in seen:
+            x = torch.tensor(xn, dtype=torch.float64, device=dev, requires_grad=True)
+            loss, frac = loss_fn(x, lvl, start_inv_t, c_t)
+            loss.backward()
+            g = x.grad.detach().cpu().numpy().astype(np.float64)
+            if not np.all(np.isfinite(g)):
+                g = np.zeros(6)
+            seen[key] = (float(loss.detach()), g, frac)
+        return seen[key]
 
     def fun(xn):
-        x = torch.tensor(xn, dtype=torch.float64, device=dev, requires_grad=True)
-        loss, _ = loss_fn(x, lvl, start_inv_t, c_t)
-        loss.backward()
-        g = x.grad.detach().cpu().numpy().astype(np.float64)
-        if not np.all(np.isfinite(g)):
-            g = np.zeros(6)
-        return float(loss.detach()), g
+        loss, g, _ = evaluate(xn)
+        return loss, g.copy()
 
     x0 = np.zeros(6)
     x0[:3] = 1e-4
@@ -150,8 +160,9 @@ def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
         xv = res.x
     except (RuntimeError, ValueError):
         xv = x0
-    with torch.no_grad():
-        loss, frac = loss_fn(torch.from_numpy(xv).to(dev), lvl, start_inv_t, c_t)
+    if info is not None:
+        info["start_value"] = -evaluate(x0)[0]
+    loss, _, frac = evaluate(xv)
     if not np.all(np.isfinite(xv)):
         return start, -float(loss), frac
     return about(rotvec_matrix(np.radians(xv[:3])), c_world, xv[3:]) @ start, -float(loss), frac
