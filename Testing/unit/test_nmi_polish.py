@@ -136,3 +136,26 @@ def test_lbfgs_evaluates_each_point_once_and_reports_the_start_value(fast_case):
         at_start = -float(inner(torch.from_numpy(x0), lvl, torch.from_numpy(np.linalg.inv(start)),
                                 torch.from_numpy(c))[0])
     assert info["start_value"] == at_start and value > at_start and frac > 0.1
+
+
+def test_lbfgs_evaluation_budget_is_a_hard_limit_and_keeps_the_best_point(fast_case):
+    from MultimodalRegistrationLib.registration.refine import refine_lbfgs
+
+    lvl = _level(fast_case)
+    start = _off(fast_case, 2.0, 1.5)
+    c = geometry.apply(start, fast_case.coronal_cet1.center_world()[None])[0]
+    inner = nmi_loss(32)
+    values = []
+
+    def recording(x, *args):
+        loss, frac = inner(x, *args)
+        values.append(-float(loss.detach()))
+        return loss, frac
+
+    free = refine_lbfgs(start, lvl, c, 8, loss_fn=recording, ftol=1e-7, gtol=1e-6)
+    n_free = len(values)
+    assert n_free > 5
+    values.clear()
+    found, value, _ = refine_lbfgs(start, lvl, c, 8, loss_fn=recording, ftol=1e-7, gtol=1e-6, max_evaluations=4)
+    assert len(values) == 4 and value == max(values)        # the budget holds; the best of the 4 is kept
+    assert free[1] >= value

@@ -238,13 +238,13 @@ def test_search_engine_cache_reuses_the_preparation_and_gives_the_same_result(fa
         assert np.array_equal(alone.moving_to_fixed, cached.moving_to_fixed) and alone.metric == cached.metric
 
 
-def test_first_done_runs_its_job_once_on_the_first_caller():
+def test_side_job_runs_once_on_the_first_caller():
     import threading
 
-    from MultimodalRegistrationLib.registration.search_cr import _FirstDone
+    from MultimodalRegistrationLib.registration.search_cr import _SideJobs
 
     ran = []
-    once = _FirstDone(lambda: ran.append(threading.current_thread().name))
+    once = _SideJobs([lambda: ran.append(threading.current_thread().name)])
     threads = [threading.Thread(target=once, name=f"t{i}") for i in range(4)]
     for t in threads:
         t.start()
@@ -252,14 +252,43 @@ def test_first_done_runs_its_job_once_on_the_first_caller():
         t.join()
     once()
     assert len(ran) == 1
-    _FirstDone()()          # without a job: nothing to run
+    _SideJobs()()          # without a job: nothing to run
 
 
-def test_first_done_wait_runs_a_job_nobody_ran_and_reraises_its_error():
-    from MultimodalRegistrationLib.registration.search_cr import _FirstDone
+def test_side_jobs_are_shared_between_the_threads_that_come_free():
+    import threading
+
+    from MultimodalRegistrationLib.registration.search_cr import _SideJobs
+
+    first_started, release = threading.Event(), threading.Event()
+    ran = {}
+
+    def long_job():
+        ran["long"] = threading.current_thread().name
+        first_started.set()
+        assert release.wait(10)
+
+    def short_job():
+        ran["short"] = threading.current_thread().name
+        release.set()
+
+    side = _SideJobs([long_job, short_job])
+    a = threading.Thread(target=side, name="first free")
+    a.start()
+    assert first_started.wait(10)
+    b = threading.Thread(target=side, name="second free")   # comes free while the first job still runs
+    b.start()
+    side.wait()
+    a.join()
+    b.join()
+    assert ran == {"long": "first free", "short": "second free"}
+
+
+def test_side_jobs_wait_runs_a_job_nobody_ran_and_reraises_its_error():
+    from MultimodalRegistrationLib.registration.search_cr import _SideJobs
 
     ran = []
-    once = _FirstDone(lambda: ran.append(1))
+    once = _SideJobs([lambda: ran.append(1)])
     once.wait()
     once.wait()
     assert ran == [1]
@@ -267,17 +296,17 @@ def test_first_done_wait_runs_a_job_nobody_ran_and_reraises_its_error():
     def broken():
         raise RuntimeError("polisher failed")
 
-    failing = _FirstDone(broken)
+    failing = _SideJobs([broken])
     failing()                       # a direction thread runs it: the error is kept, not raised there
     with pytest.raises(RuntimeError, match="polisher failed"):
         failing.wait()              # but where its work is needed
 
 
-def test_pair_returns_both_results_without_waiting_for_the_first_done_job():
+def test_pair_returns_both_results_without_waiting_for_the_side_jobs():
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from MultimodalRegistrationLib.registration.search_cr import _FirstDone, _pair
+    from MultimodalRegistrationLib.registration.search_cr import _SideJobs, _pair
 
     release, started = threading.Event(), threading.Event()
     done_by = []
@@ -287,7 +316,7 @@ def test_pair_returns_both_results_without_waiting_for_the_first_done_job():
         started.set()
         assert release.wait(10)
 
-    first = _FirstDone(slow_job)
+    first = _SideJobs([slow_job])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backward") as pool:
         fwd, bwd = _pair(pool, lambda: started.wait(10) and "forward", lambda: "backward", first)
         assert (fwd, bwd) == ("forward", "backward")
@@ -301,7 +330,7 @@ def test_pair_returns_both_results_without_waiting_for_the_first_done_job():
             raise ValueError("backward failed")
         with pytest.raises(ValueError, match="backward failed"):
             _pair(pool, lambda: "forward", fails)
-    assert _pair(None, lambda: 1, lambda: 2, _FirstDone(lambda: None)) == (1, 2)
+    assert _pair(None, lambda: 1, lambda: 2, _SideJobs([lambda: None])) == (1, 2)
 
 
 def test_signal_points_give_overlap_points_for_any_pose(fast_case):

@@ -103,3 +103,26 @@ def test_confidence_score_caps_only_a_rejected_agreement():
     assert _scored(False, 3.0, {"confirmed": None})[0] == 0.25
     assert _scored(True, 0.4, {"confirmed": True}, {"note": "moved 2.5 mm", "moved_mm": 2.5, "nmi_before": 1.0,
                                                     "nmi_after": 1.1})[0] == 0.45
+
+
+def test_nmi_interpolates_only_the_points_near_the_fixed_stack_with_the_same_values(fast_case):
+    """Points a voxel or more outside the fixed stack are 0 without interpolating: the NMI equals the one
+    of interpolating every point (constant mode), at poses that put the stack partly and wholly outside."""
+    from scipy import ndimage
+
+    from MultimodalRegistrationLib import geometry
+    from MultimodalRegistrationLib.registration.vote import _bin, _entropy
+
+    score = NmiScore(fast_case.coronal_cet1, fast_case.axial_t2)
+
+    def every_point(m):
+        vox = score.fixed.world_to_voxel(geometry.apply(m, score.points))
+        values = ndimage.map_coordinates(score.fixed_arr, vox.T, order=1, mode="constant", cval=0.0)
+        joint = np.bincount(score.moving_bins * score.bins + _bin(values, score.fixed_scale, score.bins),
+                            minlength=score.bins * score.bins).astype(np.float64)
+        h_fixed = _entropy(joint.reshape(score.bins, score.bins).sum(axis=0))
+        return float((score.moving_entropy + h_fixed) / _entropy(joint))
+
+    for mm, deg in ((0.0, 0.0), (30.0, 0.0), (-70.0, 10.0), (5.0, 25.0)):
+        m = _off(fast_case, mm, deg)
+        assert score(m) == every_point(m), (mm, deg)

@@ -22,7 +22,7 @@ import torch
 from .. import geometry
 from ..volume import Volume
 from .images import robust_scale
-from .refine import Level, sample_moved, refine_lbfgs
+from .refine import Level, fixed_points, moving_volume, refine_lbfgs, sample_moved
 
 _EPS = 1e-10
 
@@ -72,30 +72,57 @@ def import_optimizer() -> None:
     import scipy.optimize  # noqa: F401
 
 
+def polisher_parts(moving: Volume, fixed: Volume, *, level_mm: float = 1.0, max_points: int = 60000,
+                   profile: int = 1, seed: int = 0):
+    """The two independent halves of an :class:`NmiPolisher`'s preparation, as callables that may run
+    on different threads: (fixed half, moving half); pass their results as ``parts``. The moving half also
+    imports the optimiser's module (scipy.optimize), which refine_lbfgs would import at its first run."""
+
+    def fixed_half():
+        fix = np.asarray(fixed.array, dtype=np.float32)
+        fix = fix / robust_scale(fix)
+        return fixed_points(fixed, fix, np.ones(fix.shape, dtype=bool), float(level_mm), int(profile),
+                            int(max_points), int(seed))
+
+    def moving_half():
+        import_optimizer()
+        mov = np.asarray(moving.array, dtype=np.float32)
+        mov = mov / robust_scale(mov)
+        return moving_volume(moving, mov, float(level_mm))
+
+    return _timed(fixed_half), _timed(moving_half)
+
+
+def _timed(job):
+    def run():
+        t0 = time.perf_counter()
+        out = job()
+        return out, time.perf_counter() - t0
+    return run
+
+
 class NmiPolisher:
     """The polish's sample points and moving volume (one :class:`~.refine.Level`), built once and used
     for any number of starts: polishes from several starts then score NMI on the same points, so their
-    values compare."""
+    values compare. ``parts``: the results of the two :func:`polisher_parts` callables for the same
+    arguments, when they ran elsewhere (None: both run here)."""
 
     def __init__(self, moving: Volume, fixed: Volume, *, level_mm: float = 1.0, bins: int = 32,
-                 max_points: int = 60000, profile: int = 1, seed: int = 0, device: str = "cpu"):
+                 max_points: int = 60000, profile: int = 1, seed: int = 0, device: str = "cpu", parts=None):
+        if parts is None:
+            parts = [job() for job in polisher_parts(moving, fixed, level_mm=level_mm, max_points=max_points,
+                                                     profile=profile, seed=seed)]
+        (fixed_part, t_fixed), (moving_part, t_moving) = parts
         t0 = time.perf_counter()
-        # the optimiser's module is imported with the points, not at the first polish: search-cr builds the
-        # polisher while its other direction still runs (and run_case imports it while reading: preload)
-        import_optimizer()
         self.moving = moving
         self.bins = int(bins)
         self.level_mm = float(level_mm)
         self.dev = torch.device(device)
-        mov = np.asarray(moving.array, dtype=np.float32)
-        mov = mov / robust_scale(mov)
-        fix = np.asarray(fixed.array, dtype=np.float32)
-        fix = fix / robust_scale(fix)
-        self.lvl = Level(moving, mov, fixed, fix, np.ones(fix.shape, dtype=bool), self.level_mm, int(profile),
-                         int(max_points), int(seed), self.dev)
-        self.prepare_seconds = time.perf_counter() - t0
+        self.lvl = Level.from_parts(fixed_part, moving_part, self.dev)
+        # the preparation's own time (its two halves may have run on two threads)
+        self.prepare_seconds = t_fixed + t_moving + time.perf_counter() - t0
 
-    def polish(self, start: np.ndarray, iterations: int = 8) -> tuple[np.ndarray, dict]:
+    def polish(self, start: np.ndarray, iterations: int = 8, max_evaluations: int = 0) -> tuple[np.ndarray, dict]:
         """Maximises NMI from the moving->fixed ``start``; returns (moving->fixed, details: NMI before and
         after, L-BFGS's evaluations, seconds). Keeps ``start`` when the polish does not raise NMI."""
         t0 = time.perf_counter()
@@ -105,7 +132,7 @@ class NmiPolisher:
         c_world = geometry.apply(start, self.moving.center_world()[None])[0]
         lbfgs: dict = {}
         found, value, _ = refine_lbfgs(start, self.lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7,
-                                       gtol=1e-6, info=lbfgs)
+                                       gtol=1e-6, info=lbfgs, max_evaluations=int(max_evaluations))
         before = lbfgs["start_value"] / 100.0          # NMI at the start (L-BFGS's first point)
         after = value / 100.0
         kept = bool(np.isfinite(after) and after > before)

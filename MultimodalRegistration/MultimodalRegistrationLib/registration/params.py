@@ -239,6 +239,7 @@ class SearchCrParams(SearchNccParams):
     polish_profile_samples: int = 1
     polish_bins: int = 32
     polish_iterations: int = 8
+    polish_max_evaluations: int = 0      # stop the polish after this many NMI evaluations (0: L-BFGS's own limits)
     polish_agreement: bool = True        # directions disagree: polish each; both reaching one pose is the check
     # the LM refinement stops once a step gains less than 3e-5 or after 2 damped tries (search-ncc: 1e-6, 5):
     # 0.85x and 0.91x the CPU time on two sets of 32 tuning-patient dev cases, median TRE change 0.000 mm, no

@@ -18,39 +18,65 @@ from .pyramid import block_mean, inplane_factors, shrink_inplane, smooth_for
 from .sampling import overlap_weights, sample_voxels
 
 
+def fixed_points(fixed: Volume, fix_arr: np.ndarray, fix_mask: np.ndarray, level_mm: float, profile: int,
+                 max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed half of a :class:`Level`: at most ``max_points`` points of the fixed stack block-averaged
+    in-plane to ``level_mm`` (drawn with ``seed``) inside ``fix_mask``, each with ``profile`` samples across
+    its slice: (points (P, S, 3) world, values (P,), the points' mean position (3,))."""
+    masked = Volume(np.where(fix_mask, fix_arr, 0).astype(np.float32), fixed.affine)
+    factors = inplane_factors(fixed, level_mm)
+    fixed_level = block_mean(masked, factors)
+    mask_level = block_mean(Volume(fix_mask.astype(np.float32), fixed.affine), factors)
+    keep = mask_level.array > 0.5
+    ijk = np.argwhere(keep)
+    vals = fixed_level.array[keep] / np.maximum(mask_level.array[keep], 1e-6)
+    if len(ijk) > max_points:
+        rng = np.random.default_rng(seed)
+        sel = np.sort(rng.choice(len(ijk), max_points, replace=False))
+        ijk, vals = ijk[sel], vals[sel]
+    world = fixed_level.voxel_to_world(ijk.astype(np.float64))
+    kf = slice_axis(fixed)
+    thick = float(fixed.spacing[kf])
+    normal = fixed.direction[:, kf]
+    offs = np.linspace(-thick / 2, thick / 2, profile + 2)[1:-1] if profile > 1 else np.zeros(1)
+    return world[:, None, :] + offs[None, :, None] * normal[None, None, :], vals, world.mean(0)
+
+
+def moving_volume(moving: Volume, mov_arr: np.ndarray, level_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The moving half of a :class:`Level`: the moving stack block-averaged in-plane to about a third of
+    the level's spacing and smoothed, with its spatial gradient (voxel units), as 4 channels (one forward
+    grid_sample gives both the samples and their derivatives: see SampleWithGrad): (array (4, I, J, K),
+    its voxel -> world affine)."""
+    shrunk = shrink_inplane(Volume(mov_arr, moving.affine), level_mm / 3.0)
+    smooth = smooth_for(shrunk, level_mm)
+    value_and_grad = np.stack([smooth] + [np.gradient(smooth, axis=a).astype(np.float32) for a in range(3)])
+    return np.ascontiguousarray(value_and_grad), shrunk.affine
+
+
 class Level:
-    """Fixed sample points (with slice profile) and the smoothed moving volume at one pyramid level."""
+    """Fixed sample points (with slice profile) and the smoothed moving volume at one pyramid level
+    (:func:`fixed_points` and :func:`moving_volume`; :meth:`from_parts` when they were computed apart)."""
 
     def __init__(self, moving: Volume, mov_arr: np.ndarray, fixed: Volume, fix_arr: np.ndarray,
                  fix_mask: np.ndarray, level_mm: float, profile: int, max_points: int, seed: int, dev):
-        masked = Volume(np.where(fix_mask, fix_arr, 0).astype(np.float32), fixed.affine)
-        factors = inplane_factors(fixed, level_mm)
-        fixed_level = block_mean(masked, factors)
-        mask_level = block_mean(Volume(fix_mask.astype(np.float32), fixed.affine), factors)
-        keep = mask_level.array > 0.5
-        ijk = np.argwhere(keep)
-        vals = fixed_level.array[keep] / np.maximum(mask_level.array[keep], 1e-6)
-        if len(ijk) > max_points:
-            rng = np.random.default_rng(seed)
-            sel = np.sort(rng.choice(len(ijk), max_points, replace=False))
-            ijk, vals = ijk[sel], vals[sel]
-        world = fixed_level.voxel_to_world(ijk.astype(np.float64))
-        kf = slice_axis(fixed)
-        thick = float(fixed.spacing[kf])
-        normal = fixed.direction[:, kf]
-        offs = np.linspace(-thick / 2, thick / 2, profile + 2)[1:-1] if profile > 1 else np.zeros(1)
-        pts = world[:, None, :] + offs[None, :, None] * normal[None, None, :]
-        # the moving stack, block-averaged in-plane to about a third of the level's spacing, smoothed;
-        # value + spatial gradient (voxel units) as 4 channels: one forward grid_sample gives both the
-        # samples and their derivatives (see SampleWithGrad)
-        shrunk = shrink_inplane(Volume(mov_arr, moving.affine), level_mm / 3.0)
-        smooth = smooth_for(shrunk, level_mm)
-        value_and_grad = np.stack([smooth] + [np.gradient(smooth, axis=a).astype(np.float32) for a in range(3)])
-        self.mov = torch.from_numpy(np.ascontiguousarray(value_and_grad))[None].to(dev)
-        self.inv_aff_np = np.linalg.inv(shrunk.affine)
+        self._assemble(fixed_points(fixed, fix_arr, fix_mask, level_mm, profile, max_points, seed),
+                       moving_volume(moving, mov_arr, level_mm), dev)
+
+    @classmethod
+    def from_parts(cls, fixed_part, moving_part, dev) -> "Level":
+        """The level of a :func:`fixed_points` and a :func:`moving_volume` result."""
+        lvl = cls.__new__(cls)
+        lvl._assemble(fixed_part, moving_part, dev)
+        return lvl
+
+    def _assemble(self, fixed_part, moving_part, dev) -> None:
+        pts, vals, origin = fixed_part
+        value_and_grad, moving_affine = moving_part
+        self.mov = torch.from_numpy(value_and_grad)[None].to(dev)
+        self.inv_aff_np = np.linalg.inv(moving_affine)
         self.inv_aff = torch.from_numpy(self.inv_aff_np).to(dev)
-        self.origin_np = world.mean(0)
-        self.shape = torch.tensor(shrunk.shape, dtype=torch.float32, device=dev)
+        self.origin_np = origin
+        self.shape = torch.tensor(value_and_grad.shape[1:], dtype=torch.float32, device=dev)
         self.origin = torch.from_numpy(self.origin_np).to(dev)      # points are stored relative to it (float32)
         self.pts = torch.from_numpy((pts - self.origin_np).astype(np.float32)).to(dev)   # (P, S, 3)
         self.vals = torch.from_numpy(vals.astype(np.float32)).to(dev)
@@ -121,12 +147,19 @@ def _ncc_loss(x, lvl: Level, start_inv_t, c_t):
     return -ncc.double(), frac
 
 
+class _OutOfEvaluations(Exception):
+    """refine_lbfgs's evaluation budget is spent."""
+
+
 def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int, loss_fn=None,
-                 ftol: float = 1e-6, gtol: float = 1e-5, info: dict | None = None) -> tuple[np.ndarray, float, float]:
+                 ftol: float = 1e-6, gtol: float = 1e-5, info: dict | None = None,
+                 max_evaluations: int = 0) -> tuple[np.ndarray, float, float]:
     """L-BFGS (scipy's L-BFGS-B; torch autograd for the gradient) on the 6 rigid parameters; ``loss_fn``
     (x, lvl, start_inv_t, c_t) -> (loss, overlap fraction), default -NCC; returns (M, -loss, fraction).
     Each point is evaluated once (the optimiser's repeated requests and the final value come from the
-    evaluation already made). ``info``: a dict that receives ``start_value`` (-loss at the start)."""
+    evaluation already made). ``info``: a dict that receives ``start_value`` (-loss at the start).
+    ``max_evaluations``: stop once this many points have been evaluated and keep the best of them (0: the
+    optimiser's own limits only, which its line search may overrun)."""
     from scipy.optimize import minimize
 
     loss_fn = loss_fn or _ncc_loss
@@ -149,6 +182,9 @@ def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
         return seen[key]
 
     def fun(xn):
+        if max_evaluations and len(seen) >= max_evaluations and \
+                np.asarray(xn, dtype=np.float64).tobytes() not in seen:
+            raise _OutOfEvaluations
         loss, g, _ = evaluate(xn)
         return loss, g.copy()
 
@@ -158,6 +194,8 @@ def refine_lbfgs(start: np.ndarray, lvl: Level, c_world: np.ndarray, iters: int,
         res = minimize(fun, x0, jac=True, method="L-BFGS-B",
                        options={"maxiter": int(iters), "maxfun": int(iters) * 2, "ftol": ftol, "gtol": gtol})
         xv = res.x
+    except _OutOfEvaluations:
+        xv = np.frombuffer(min(seen, key=lambda k: seen[k][0]), dtype=np.float64).copy()   # the best point seen
     except (RuntimeError, ValueError):
         xv = x0
     if info is not None:

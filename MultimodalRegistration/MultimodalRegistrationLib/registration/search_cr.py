@@ -22,7 +22,7 @@ from .. import geometry
 from ..metrics import SignalPoints
 from ..threads import cpu_share, torch_threads
 from ..volume import Volume
-from .nmi_polish import NmiPolisher, import_optimizer
+from .nmi_polish import NmiPolisher, import_optimizer, polisher_parts
 from .params import SearchCrParams, SearchNccParams
 from .pyramid import shrink_inplane
 from .result import RegistrationResult
@@ -76,7 +76,7 @@ def consistency_mm(moving: Volume, fixed: Volume, forward: np.ndarray, backward:
 
 
 def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, fwd, bwd, history, tol: float,
-             signal: SignalPoints | None = None):
+             signal: SignalPoints | None = None, scorer=None):
     """The second metric's vote (:mod:`.vote`). Candidates: every estimate the run produced (each pass's
     searched forward and backward results, before any restart, and the final forward and backward
     estimates). ``success`` stands only if no candidate farther than ``tol`` from ``result`` has a higher
@@ -96,7 +96,7 @@ def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, f
         # every estimate of the run lies within the tolerance of the result: nothing to vote on
         vote.update(confirmed=True, result_nmi=None)
         return result, success, vote
-    nmi_of = NmiScore(moving, fixed)
+    nmi_of = scorer() if scorer is not None else NmiScore(moving, fixed)
     scored = {}
 
     def score(m):   # the same matrix often appears twice (a pass's search result is the final estimate)
@@ -122,10 +122,10 @@ def nmi_vote(moving: Volume, fixed: Volume, result: np.ndarray, success: bool, f
     return result, success, vote
 
 
-def _polisher(moving, fixed, params: SearchCrParams, device, seed) -> NmiPolisher:
+def _polisher(moving, fixed, params: SearchCrParams, device, seed, parts=None) -> NmiPolisher:
     return NmiPolisher(moving, fixed, level_mm=params.polish_level_mm, bins=params.polish_bins,
                        max_points=params.polish_points, profile=params.polish_profile_samples, seed=seed,
-                       device=device)
+                       device=device, parts=parts)
 
 
 def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed, tol, polisher=None, signal=None):
@@ -133,7 +133,7 @@ def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed
     (result, success, details). A polish that moves a successful result farther than ``tol`` has left the
     pose the two directions agreed on: the result is then no longer confirmed (success false, with a note)."""
     polisher = polisher or _polisher(moving, fixed, params, device, seed)
-    polished, info = polisher.polish(result, params.polish_iterations)
+    polished, info = polisher.polish(result, params.polish_iterations, params.polish_max_evaluations)
     info["moved_mm"] = pose_distance_mm(_overlap(moving, fixed, result, signal), result, polished)
     if success and info["moved_mm"] > tol:
         success = False
@@ -159,7 +159,7 @@ def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, 
     for name, start in starts:
         key = start.tobytes()       # the result is often the forward estimate itself
         if key not in done:
-            done[key] = polisher.polish(start, params.polish_iterations)
+            done[key] = polisher.polish(start, params.polish_iterations, params.polish_max_evaluations)
         polished.append((name, start) + done[key])
     best = max(range(3), key=lambda i: polished[i][3]["nmi_after"])
     name, start, out, info = polished[best]
@@ -176,18 +176,18 @@ def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, 
     return out, success, info
 
 
-def _pair(pool, forward_job, backward_job, first_done=None):
+def _pair(pool, forward_job, backward_job, side=None):
     """Runs the two independent directions at once on ``pool`` (None: one after the other); returns
     (forward result, backward result). Each direction is deterministic on its own (one torch thread,
-    its own seed), so running them together changes the time, not the results. ``first_done``: a
-    :class:`_FirstDone` that each direction calls once its result is ready; the result does not wait for
-    it (its work is waited for where it is needed: :meth:`_FirstDone.wait`)."""
-    first_done = first_done or _FirstDone()
+    its own seed), so running them together changes the time, not the results. ``side``: the
+    :class:`_SideJobs` that each direction takes jobs from once its result is ready; the pair does not
+    wait for them (their work is waited for where it is needed: :meth:`_SideJobs.wait`)."""
+    side = side or _SideJobs()
     if pool is None:
         fwd = forward_job()
-        first_done()
+        side()
         bwd = backward_job()
-        first_done()
+        side()
         return fwd, bwd
     ready = Future()
 
@@ -197,41 +197,48 @@ def _pair(pool, forward_job, backward_job, first_done=None):
         except BaseException as exc:  # noqa: BLE001  (re-raised on the forward thread by ready.result())
             ready.set_exception(exc)
             return
-        first_done()
+        side()
 
     pool.submit(backward_then)
     fwd = forward_job()
-    first_done()
+    side()
     return fwd, ready.result()
 
 
-class _FirstDone:
-    """Runs ``job`` once, on whichever of the two direction threads finishes its registration first
-    (the other is then still busy): work that both directions' results do not need (the NMI polisher's
-    points) fills that thread's wait instead of lengthening the slower direction's. Whoever needs the
-    job's work calls :meth:`wait` (it runs the job there if no direction has)."""
+class _SideJobs:
+    """Work that neither direction's result needs (the NMI polisher's two halves, the vote's scorer),
+    taken one job at a time by whichever direction thread has finished its registration while the other
+    one still runs (each call runs jobs until none is left), so that it fills the wait instead of
+    lengthening the slower direction. Whoever needs the work calls :meth:`wait` (it runs any job nobody
+    took)."""
 
-    def __init__(self, job=None):
-        self._job = job
+    def __init__(self, jobs=()):
+        self._jobs = list(jobs)
         self._lock = threading.Lock()
+        self._pending = len(self._jobs)
         self._done = threading.Event()
         self._error = None
-        if job is None:
+        if not self._pending:
             self._done.set()
 
     def __call__(self):
-        with self._lock:
-            job, self._job = self._job, None
-        if job is not None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    return
+                job = self._jobs.pop(0)
             try:
                 job()
             except BaseException as exc:  # noqa: BLE001  (re-raised by wait() on the thread that needs it)
-                self._error = exc
+                self._error = self._error or exc
             finally:
-                self._done.set()
+                with self._lock:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._done.set()
 
     def wait(self):
-        """Waits until the job has run (running it here if nobody has); re-raises its exception."""
+        """Waits until every job has run (running those nobody took); re-raises the first job error."""
         self()
         self._done.wait()
         if self._error is not None:
@@ -254,14 +261,14 @@ class _Once:
 
 
 def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccParams, p_bwd: SearchNccParams, tol,
-                      rescue, device, seed, pool, first_done=None, caches=(None, None), signal=None):
+                      rescue, device, seed, pool, side=None, caches=(None, None), signal=None):
     """The forward (``forward_job()``, or a finished result) and backward registrations and their
     disagreement (mm), with the rescue: when they disagree, each direction is refined again from the
     other's result and keeps whichever of its two results its own metric prefers (one of them may sit in
     a local optimum that the other's result escapes). ``fixed_1mm``: a callable that returns the backward
     direction's moving image (the axial stack at about 1 mm in-plane; made on the backward thread);
-    ``first_done``: a :class:`_FirstDone` that each direction calls when its registration is done (None:
-    nothing); ``caches``: the forward and backward directions' preparation caches
+    ``side``: the :class:`_SideJobs` that each direction takes jobs from when its registration is done
+    (None: nothing); ``caches``: the forward and backward directions' preparation caches
     (:func:`~.search_ncc.register_search_ncc`); ``signal``: a callable that returns the moving stack's
     :class:`~..metrics.SignalPoints`. Returns (fwd, bwd, mm, which directions took the other's start, the
     two results before the rescue)."""
@@ -271,7 +278,7 @@ def _forward_backward(moving, fixed, fixed_1mm, forward_job, p_fwd: SearchNccPar
         return register_search_ncc(fixed_1mm(), moving, params=p_bwd, progress=None, device=device, seed=seed + 1,
                                    cache=caches[1])
 
-    fwd, bwd = _pair(pool, forward_job, backward, first_done)
+    fwd, bwd = _pair(pool, forward_job, backward, side)
     raw = (fwd, bwd)
     mm = consistency_mm(moving, fixed, fwd.moving_to_fixed, bwd.moving_to_fixed, signal())
     swapped = []
@@ -321,11 +328,30 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
 
     success = None
     vote_seconds = None
-    prepared = []      # the NMI polisher: built by the first direction done while the other one still runs
-    # the polisher's points and moving volume do not depend on the pose: built on the thread of whichever
-    # direction of the first pass finishes first, while the other one still runs, not after both
-    build_polisher = _FirstDone(
-        (lambda: prepared.append(_polisher(moving, fixed, params, device, seed))) if params.nmi_polish else None)
+    # the NMI polisher's two halves (its points, its moving volume) and, with two threads, the vote's NMI
+    # scorer do not depend on the pose: the direction threads of the first pass take them, one job at a
+    # time, once their own registration is done, while the other direction still runs
+    prepared: dict = {}
+    jobs = []
+    if params.nmi_polish:
+        halves = polisher_parts(moving, fixed, level_mm=params.polish_level_mm, max_points=params.polish_points,
+                                profile=params.polish_profile_samples, seed=seed)
+        jobs += [lambda: prepared.__setitem__("moving half", halves[1]()),
+                 lambda: prepared.__setitem__("fixed half", halves[0]())]
+    if params.vote and params.consistency and pool is not None:   # (one thread: only where the vote needs it)
+        jobs.append(lambda: prepared.__setitem__("nmi", NmiScore(moving, fixed)))
+    side = _SideJobs(jobs)
+
+    def polisher() -> NmiPolisher:
+        side.wait()
+        if "polisher" not in prepared:
+            prepared["polisher"] = _polisher(moving, fixed, params, device, seed,
+                                             parts=(prepared["fixed half"], prepared["moving half"]))
+        return prepared["polisher"]
+
+    def scorer() -> NmiScore:
+        side.wait()
+        return prepared.get("nmi") or NmiScore(moving, fixed)
 
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
@@ -348,7 +374,7 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
                 job = forward
             f_new, b_new, d_new, swapped, raw = _forward_backward(moving, fixed, fixed_1mm, job, p_fwd, p_bwd, tol,
                                                              params.rescue, device, seed, pool,
-                                                             build_polisher if k == 0 else None, caches, signal)
+                                                             side if k == 0 else None, caches, signal)
             kept = []
             if k > 0:
                 # the second pass's two searches share a start (the forward estimate), so their agreement
@@ -391,21 +417,19 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
         if params.vote:
             t_vote = time.perf_counter()
             result, success, details["vote"] = nmi_vote(moving, fixed, result, success, fwd, bwd, history, tol,
-                                                        signal())
+                                                        signal(), scorer)
             vote_seconds = time.perf_counter() - t_vote
             if details["vote"]["chosen"] != "result":
                 details["result"] = details["vote"]["chosen"] + " (preferred by the second metric)"
         if params.nmi_polish and success is False and params.polish_agreement and \
                 not (details.get("vote") or {}).get("note"):
             # the directions disagree: polish each of them too; if both reach one pose, that is the check
-            build_polisher.wait()
             result, success, details["nmi_polish"] = _polish_directions(moving, fixed, result, fwd, bwd, params,
-                                                                        device, seed, tol, prepared[0], signal())
+                                                                        device, seed, tol, polisher(), signal())
             details["result"] = f"{details['nmi_polish']['chosen']}, polished on NMI (the best of three polished starts)"
         elif params.nmi_polish:
-            build_polisher.wait()
             result, success, details["nmi_polish"] = _polish(moving, fixed, result, success, params, device, seed,
-                                                             tol, prepared[0], signal())
+                                                             tol, polisher(), signal())
             if details["nmi_polish"]["applied"]:
                 details["result"] += ", polished on NMI"
     else:

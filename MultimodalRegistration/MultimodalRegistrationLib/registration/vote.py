@@ -42,7 +42,11 @@ class NmiScore:
 
     def __call__(self, moving_to_fixed: np.ndarray) -> float:
         vox = self.fixed.world_to_voxel(geometry.apply(np.asarray(moving_to_fixed, dtype=np.float64), self.points))
-        values = ndimage.map_coordinates(self.fixed_arr, vox.T, order=1, mode="constant", cval=0.0)
+        # a point a whole voxel or more outside the fixed stack has only outside neighbours: its value is the
+        # constant 0 without interpolating (the points in between are interpolated as before)
+        near = np.all((vox > -1.0) & (vox < np.asarray(self.fixed_arr.shape, dtype=np.float64)), axis=1)
+        values = np.zeros(len(vox), dtype=self.fixed_arr.dtype)
+        values[near] = ndimage.map_coordinates(self.fixed_arr, vox[near].T, order=1, mode="constant", cval=0.0)
         fb = _bin(values, self.fixed_scale, self.bins)
         joint = np.bincount(self.moving_bins * self.bins + fb, minlength=self.bins * self.bins).astype(np.float64)
         h_joint = _entropy(joint)
