@@ -542,3 +542,19 @@ def test_robust_scale_equals_numpys_percentile_of_the_positive_voxels():
     assert fast > 250                                                 # the fast path is the one tested
     assert robust_scale(np.zeros((40, 40, 40), np.float32)) == 1.0
     assert robust_scale(-np.ones((40, 40, 40), np.float32)) == 1.0
+
+
+def test_optional_side_jobs_run_only_while_the_other_direction_is_busy():
+    from MultimodalRegistrationLib.registration.search_cr import _SideJobs
+
+    ran = []
+    side = _SideJobs([lambda: ran.append("required")], optional=[lambda: ran.append("optional")])
+    side(other_busy=lambda: False)
+    assert ran == ["required"]
+    side(other_busy=lambda: True)
+    assert ran == ["required", "optional"]
+    side.wait()
+    dropped = _SideJobs([], optional=[lambda: ran.append("never")])
+    dropped.wait()                                   # not started: dropped, not run here
+    dropped(other_busy=lambda: True)
+    assert "never" not in ran

@@ -23,17 +23,28 @@ def fixed_points(fixed: Volume, fix_arr: np.ndarray, fix_mask: np.ndarray, level
     """The fixed half of a :class:`Level`: at most ``max_points`` points of the fixed stack block-averaged
     in-plane to ``level_mm`` (drawn with ``seed``) inside ``fix_mask``, each with ``profile`` samples across
     its slice: (points (P, S, 3) world, values (P,), the points' mean position (3,))."""
-    masked = Volume(np.where(fix_mask, fix_arr, 0).astype(np.float32), fixed.affine)
     factors = inplane_factors(fixed, level_mm)
-    fixed_level = block_mean(masked, factors)
-    mask_level = block_mean(Volume(fix_mask.astype(np.float32), fixed.affine), factors)
-    keep = mask_level.array > 0.5
-    ijk = np.argwhere(keep)
-    vals = fixed_level.array[keep] / np.maximum(mask_level.array[keep], 1e-6)
-    if len(ijk) > max_points:
-        rng = np.random.default_rng(seed)
-        sel = np.sort(rng.choice(len(ijk), max_points, replace=False))
-        ijk, vals = ijk[sel], vals[sel]
+    if fix_mask.all():
+        # every voxel counts (search-cr, the polish): the mask's block means are all exactly 1
+        # (the same C-ordered copy as the masked branch's, so the block means are the same to the last bit)
+        fixed_level = block_mean(Volume(np.ascontiguousarray(fix_arr, dtype=np.float32), fixed.affine), factors)
+        vals = fixed_level.array.reshape(-1)
+        sel = np.arange(vals.size)
+        if vals.size > max_points:      # the same draw as below, without listing every voxel's indices
+            sel = np.sort(np.random.default_rng(seed).choice(vals.size, max_points, replace=False))
+        ijk = np.stack(np.unravel_index(sel, fixed_level.shape), axis=1)
+        vals = vals[sel]
+    else:
+        masked = Volume(np.where(fix_mask, fix_arr, 0).astype(np.float32), fixed.affine)
+        fixed_level = block_mean(masked, factors)
+        mask_level = block_mean(Volume(fix_mask.astype(np.float32), fixed.affine), factors)
+        keep = mask_level.array > 0.5
+        ijk = np.argwhere(keep)
+        vals = fixed_level.array[keep] / np.maximum(mask_level.array[keep], 1e-6)
+        if len(ijk) > max_points:
+            rng = np.random.default_rng(seed)
+            sel = np.sort(rng.choice(len(ijk), max_points, replace=False))
+            ijk, vals = ijk[sel], vals[sel]
     world = fixed_level.voxel_to_world(ijk.astype(np.float64))
     kf = slice_axis(fixed)
     thick = float(fixed.spacing[kf])

@@ -190,6 +190,7 @@ def _pair(pool, forward_job, backward_job, side=None):
         side()
         return fwd, bwd
     ready = Future()
+    forward_done = threading.Event()
 
     def backward_then():
         try:
@@ -197,36 +198,47 @@ def _pair(pool, forward_job, backward_job, side=None):
         except BaseException as exc:  # noqa: BLE001  (re-raised on the forward thread by ready.result())
             ready.set_exception(exc)
             return
-        side()
+        side(other_busy=lambda: not forward_done.is_set())
 
     pool.submit(backward_then)
-    fwd = forward_job()
-    side()
+    try:
+        fwd = forward_job()
+    finally:
+        forward_done.set()
+    side(other_busy=lambda: not ready.done())
     return fwd, ready.result()
 
 
 class _SideJobs:
-    """Work that neither direction's result needs (the NMI polisher's two halves, the vote's scorer),
-    taken one job at a time by whichever direction thread has finished its registration while the other
-    one still runs (each call runs jobs until none is left), so that it fills the wait instead of
-    lengthening the slower direction. Whoever needs the work calls :meth:`wait` (it runs any job nobody
-    took)."""
+    """Work that neither direction's result needs (the NMI polisher's two halves; optionally the vote's
+    scorer), taken one job at a time by whichever direction thread has finished its registration while
+    the other one still runs (each call runs jobs until none is left), so that it fills the wait instead
+    of lengthening the slower direction. An ``optional`` job runs only while the other direction is still
+    busy (its work is otherwise done where it is needed, if it is). Whoever needs the work calls
+    :meth:`wait` (it runs the required jobs nobody took)."""
 
-    def __init__(self, jobs=()):
+    def __init__(self, jobs=(), optional=()):
         self._jobs = list(jobs)
+        self._optional = list(optional)
         self._lock = threading.Lock()
-        self._pending = len(self._jobs)
+        self._pending = len(self._jobs)           # required jobs not done, and optional ones started
         self._done = threading.Event()
         self._error = None
         if not self._pending:
             self._done.set()
 
-    def __call__(self):
+    def __call__(self, other_busy=None):
+        """Runs jobs until none is left (optional ones only while ``other_busy()`` is true)."""
         while True:
             with self._lock:
-                if not self._jobs:
+                if self._jobs:
+                    job = self._jobs.pop(0)
+                elif self._optional and other_busy is not None and other_busy():
+                    job = self._optional.pop(0)
+                    self._pending += 1
+                    self._done.clear()
+                else:
                     return
-                job = self._jobs.pop(0)
             try:
                 job()
             except BaseException as exc:  # noqa: BLE001  (re-raised by wait() on the thread that needs it)
@@ -238,7 +250,10 @@ class _SideJobs:
                         self._done.set()
 
     def wait(self):
-        """Waits until every job has run (running those nobody took); re-raises the first job error."""
+        """Waits until every required job and every optional job already started has run (running the
+        required ones nobody took; the optional ones not started are dropped); re-raises the first error."""
+        with self._lock:
+            self._optional = []
         self()
         self._done.wait()
         if self._error is not None:
@@ -328,19 +343,19 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
 
     success = None
     vote_seconds = None
-    # the NMI polisher's two halves (its points, its moving volume) and, with two threads, the vote's NMI
-    # scorer do not depend on the pose: the direction threads of the first pass take them, one job at a
-    # time, once their own registration is done, while the other direction still runs
+    # the NMI polisher's two halves (its points, its moving volume) and the vote's NMI scorer do not depend
+    # on the pose: the direction threads of the first pass take them, one job at a time, once their own
+    # registration is done (the scorer only while the other direction still runs)
     prepared: dict = {}
     jobs = []
     if params.nmi_polish:
         halves = polisher_parts(moving, fixed, level_mm=params.polish_level_mm, max_points=params.polish_points,
                                 profile=params.polish_profile_samples, seed=seed)
-        jobs += [lambda: prepared.__setitem__("moving half", halves[1]()),
-                 lambda: prepared.__setitem__("fixed half", halves[0]())]
-    if params.vote and params.consistency and pool is not None:   # (one thread: only where the vote needs it)
-        jobs.append(lambda: prepared.__setitem__("nmi", NmiScore(moving, fixed)))
-    side = _SideJobs(jobs)
+        jobs += [lambda: prepared.__setitem__("fixed half", halves[0]()),      # the longer half first
+                 lambda: prepared.__setitem__("moving half", halves[1]())]
+    # the vote needs its scorer only when an estimate lies farther than the threshold from the result
+    optional = [lambda: prepared.__setitem__("nmi", NmiScore(moving, fixed))] if params.vote else []
+    side = _SideJobs(jobs, optional)
 
     def polisher() -> NmiPolisher:
         side.wait()
@@ -351,7 +366,9 @@ def _register_search_cr(moving, fixed, params: SearchCrParams, progress, device,
 
     def scorer() -> NmiScore:
         side.wait()
-        return prepared.get("nmi") or NmiScore(moving, fixed)
+        if "nmi" not in prepared:
+            prepared["nmi"] = NmiScore(moving, fixed)
+        return prepared["nmi"]
 
     if params.consistency:
         # the axial stack as the backward moving image, block-averaged in-plane to about 1 mm (its
