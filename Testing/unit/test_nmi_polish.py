@@ -159,3 +159,22 @@ def test_lbfgs_evaluation_budget_is_a_hard_limit_and_keeps_the_best_point(fast_c
     found, value, _ = refine_lbfgs(start, lvl, c, 8, loss_fn=recording, ftol=1e-7, gtol=1e-6, max_evaluations=4)
     assert len(values) == 4 and value == max(values)        # the budget holds; the best of the 4 is kept
     assert free[1] >= value
+
+
+def test_memory_order_keeps_the_points_and_changes_nmi_only_by_rounding(fast_case):
+    lvl = _level(fast_case)
+    start = _off(fast_case, 1.0, 1.0)
+    ordered = lvl.in_memory_order(start)
+    assert ordered.n == lvl.n and ordered.mov is lvl.mov
+    # the same (point, value) pairs, in another order
+    a = np.concatenate([lvl.pts.reshape(lvl.n, -1).numpy(), lvl.vals.numpy()[:, None]], axis=1)
+    b = np.concatenate([ordered.pts.reshape(lvl.n, -1).numpy(), ordered.vals.numpy()[:, None]], axis=1)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a[np.lexsort(a.T[::-1])], b[np.lexsort(b.T[::-1])])
+    start_inv = torch.from_numpy(np.linalg.inv(start))
+    c = torch.from_numpy(geometry.apply(start, fast_case.coronal_cet1.center_world()[None])[0])
+    loss = nmi_loss(32)
+    for x in (np.zeros(6), np.array([0.5, -0.3, 0.2, 1.0, -0.5, 0.3])):
+        v1, f1 = loss(torch.from_numpy(x), lvl, start_inv, c)
+        v2, f2 = loss(torch.from_numpy(x), ordered, start_inv, c)
+        assert abs(float(v1) - float(v2)) < 1e-10 and abs(f1 - f2) < 1e-6     # (the overlap: a float32 sum)

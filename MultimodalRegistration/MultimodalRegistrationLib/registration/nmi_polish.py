@@ -122,16 +122,21 @@ class NmiPolisher:
         # the preparation's own time (its two halves may have run on two threads)
         self.prepare_seconds = t_fixed + t_moving + time.perf_counter() - t0
 
-    def polish(self, start: np.ndarray, iterations: int = 8, max_evaluations: int = 0) -> tuple[np.ndarray, dict]:
+    def polish(self, start: np.ndarray, iterations: int = 8, max_evaluations: int = 0,
+               memory_order: bool = False) -> tuple[np.ndarray, dict]:
         """Maximises NMI from the moving->fixed ``start``; returns (moving->fixed, details: NMI before and
-        after, L-BFGS's evaluations, seconds). Keeps ``start`` when the polish does not raise NMI."""
+        after, L-BFGS's evaluations, seconds). Keeps ``start`` when the polish does not raise NMI.
+        ``max_evaluations``: :func:`~.refine.refine_lbfgs`'s; ``memory_order``: sample the points in the
+        order of :meth:`~.refine.Level.in_memory_order` under ``start``."""
         t0 = time.perf_counter()
         evaluations = [0]
         loss = nmi_loss(self.bins, evaluations)
         start = np.asarray(start, dtype=np.float64)
         c_world = geometry.apply(start, self.moving.center_world()[None])[0]
+        # the same points, sampled in the moving volume's memory order from the start (faster)
+        lvl = self.lvl.in_memory_order(start) if memory_order else self.lvl
         lbfgs: dict = {}
-        found, value, _ = refine_lbfgs(start, self.lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7,
+        found, value, _ = refine_lbfgs(start, lvl, c_world, int(iterations), loss_fn=loss, ftol=1e-7,
                                        gtol=1e-6, info=lbfgs, max_evaluations=int(max_evaluations))
         before = lbfgs["start_value"] / 100.0          # NMI at the start (L-BFGS's first point)
         after = value / 100.0

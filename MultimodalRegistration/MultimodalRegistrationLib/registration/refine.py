@@ -93,6 +93,24 @@ class Level:
         self.vals = torch.from_numpy(vals.astype(np.float32)).to(dev)
         self.n = len(vals)
 
+    def in_memory_order(self, moving_to_fixed: np.ndarray) -> "Level":
+        """This level with its points reordered to visit their moving-stack samples (under
+        ``moving_to_fixed``) in the moving volume's memory order (the order of their nearest moving
+        voxels): consecutive samples then touch neighbouring memory, and sampling a volume larger than
+        the CPU caches takes about half the time. The same points and values; sums over them change only
+        by floating-point rounding (another summation order)."""
+        world_to_voxel = self.inv_aff_np @ np.linalg.inv(np.asarray(moving_to_fixed, dtype=np.float64))
+        centre = self.pts.mean(dim=1).cpu().numpy().astype(np.float64) + self.origin_np
+        vox = centre @ world_to_voxel[:3, :3].T + world_to_voxel[:3, 3]
+        size = np.asarray(self.mov.shape[2:], dtype=np.int64)
+        idx = np.clip(np.rint(vox), 0, size - 1).astype(np.int64)
+        order = torch.from_numpy(np.argsort((idx[:, 0] * size[1] + idx[:, 1]) * size[2] + idx[:, 2],
+                                            kind="stable")).to(self.pts.device)
+        out = Level.__new__(Level)
+        out.__dict__.update(self.__dict__)
+        out.pts, out.vals = self.pts[order], self.vals[order]
+        return out
+
 
 class SampleWithGrad(torch.autograd.Function):
     """Trilinear samples of channel 0 of a (1, 4, I, J, K) volume at voxel positions (P, S, 3); the

@@ -148,12 +148,14 @@ class SearchGrid:
             ok = x.abs() <= bound[c]
             inside = ok if inside is None else inside & ok
             coords.append(x)
-        # only the points inside are sampled (a thick-slice coronal slab covers some 5-20% of the grid)
-        grid = torch.stack([x[inside] for x in coords], dim=-1)
-        v = torch.zeros(inside.shape, dtype=mov_t.dtype)
-        v[inside] = F.grid_sample(mov_t, grid.reshape(1, -1, 1, 1, 3), mode="bilinear",
-                                  padding_mode="border", align_corners=True).reshape(-1)
-        return v.numpy(), inside.numpy()
+        # only the points inside are sampled (a thick-slice coronal slab covers some 5-20% of the grid);
+        # their flat indices once, for every coordinate and the output
+        where = torch.nonzero(inside.reshape(-1)).reshape(-1)
+        grid = torch.stack([x.reshape(-1)[where] for x in coords], dim=-1)
+        v = torch.zeros(inside.numel(), dtype=mov_t.dtype)
+        v[where] = F.grid_sample(mov_t, grid.reshape(1, -1, 1, 1, 3), mode="bilinear",
+                                 padding_mode="border", align_corners=True).reshape(-1)
+        return v.reshape(inside.shape).numpy(), inside.numpy()
 
     def _best_many(self, score: np.ndarray, overlap: np.ndarray, rotated: list) -> list:
         """Per pose of ``rotated``, per window: (best score, moving_to_fixed) over the window's shifts."""
@@ -220,19 +222,40 @@ class SearchGrid:
         per-rotation work is small; one call each would mostly cost call overhead)."""
         moving_on_grid, moving_inside = self.sample_moving_many(mov_t, moving, rotated)
         inside_f = moving_inside.astype(np.float32)
-        fft_mov = np.conj(_rfft_many(moving_on_grid))
-        fft_mov_sq = np.conj(_rfft_many(moving_on_grid * moving_on_grid))
-        fft_inside = np.conj(_rfft_many(inside_f))
-        overlap = self._irfft_many(self.fft_mask * fft_inside)
-        s1 = self._irfft_many(self.fft_fixed * fft_inside)
-        s2 = self._irfft_many(self.fft_mask * fft_mov)
-        s11 = self._irfft_many(self.fft_fixed_sq * fft_inside)
-        s22 = self._irfft_many(self.fft_mask * fft_mov_sq)
-        s12 = self._irfft_many(self.fft_fixed * fft_mov)
+
+        def conj_fft(a):
+            out = _rfft_many(a)
+            return np.conjugate(out, out=out)
+
+        def correlate(fft_a, fft_b):
+            return self._irfft_many(np.multiply(fft_a, fft_b, out=np.empty(fft_b.shape, fft_b.dtype)))
+
+        fft_mov = conj_fft(moving_on_grid)
+        fft_mov_sq = conj_fft(moving_on_grid * moving_on_grid)
+        fft_inside = conj_fft(inside_f)
+        overlap = correlate(self.fft_mask, fft_inside)
+        s1 = correlate(self.fft_fixed, fft_inside)
+        s2 = correlate(self.fft_mask, fft_mov)
+        s11 = correlate(self.fft_fixed_sq, fft_inside)
+        s22 = correlate(self.fft_mask, fft_mov_sq)
+        s12 = correlate(self.fft_fixed, fft_mov)
+        del fft_mov, fft_mov_sq, fft_inside
         n_safe = np.maximum(overlap, 1.0)
-        num = s12 - s1 * s2 / n_safe
-        den = (s11 - s1 * s1 / n_safe) * (s22 - s2 * s2 / n_safe)
-        ncc = num / np.sqrt(np.maximum(den, 1e-6))
+        # the masked NCC, num / sqrt(den), evaluated in place in the same order as
+        # num = s12 - s1 * s2 / n; den = (s11 - s1 * s1 / n) * (s22 - s2 * s2 / n)
+        t = np.multiply(s1, s2)
+        t /= n_safe
+        num = np.subtract(s12, t, out=s12)
+        np.multiply(s1, s1, out=t)
+        t /= n_safe
+        np.subtract(s11, t, out=s11)
+        np.multiply(s2, s2, out=t)
+        t /= n_safe
+        np.subtract(s22, t, out=s22)
+        den = np.multiply(s11, s22, out=s11)
+        np.maximum(den, 1e-6, out=den)
+        np.sqrt(den, out=den)
+        ncc = np.divide(num, den, out=num)
         return self._best_many(ncc, overlap, rotated)
 
     def _irfft_many(self, a):

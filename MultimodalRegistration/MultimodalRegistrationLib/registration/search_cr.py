@@ -133,7 +133,8 @@ def _polish(moving, fixed, result, success, params: SearchCrParams, device, seed
     (result, success, details). A polish that moves a successful result farther than ``tol`` has left the
     pose the two directions agreed on: the result is then no longer confirmed (success false, with a note)."""
     polisher = polisher or _polisher(moving, fixed, params, device, seed)
-    polished, info = polisher.polish(result, params.polish_iterations, params.polish_max_evaluations)
+    polished, info = polisher.polish(result, params.polish_iterations, params.polish_max_evaluations,
+                                     params.polish_memory_order)
     info["moved_mm"] = pose_distance_mm(_overlap(moving, fixed, result, signal), result, polished)
     if success and info["moved_mm"] > tol:
         success = False
@@ -159,7 +160,8 @@ def _polish_directions(moving, fixed, result, fwd, bwd, params: SearchCrParams, 
     for name, start in starts:
         key = start.tobytes()       # the result is often the forward estimate itself
         if key not in done:
-            done[key] = polisher.polish(start, params.polish_iterations, params.polish_max_evaluations)
+            done[key] = polisher.polish(start, params.polish_iterations, params.polish_max_evaluations,
+                                        params.polish_memory_order)
         polished.append((name, start) + done[key])
     best = max(range(3), key=lambda i: polished[i][3]["nmi_after"])
     name, start, out, info = polished[best]
