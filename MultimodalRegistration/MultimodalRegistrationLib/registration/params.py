@@ -247,8 +247,8 @@ class SearchCrParams(SearchNccParams):
     polish_profile_samples: int = 1
     polish_bins: int = 32
     polish_iterations: int = 8
-    # the polish stops after 12 NMI evaluations (L-BFGS's line searches overran its 16-evaluation limit up
-    # to 26 times), and samples its points in the moving volume's memory order from its start
+    # the polish stops after 12 NMI evaluations (L-BFGS's line searches overran its own 16-evaluation limit,
+    # up to 41 evaluations on a dev case), and samples its points in the moving volume's memory order from its start
     # (refine.Level.in_memory_order: half the sampling time; sums change only by rounding). On 128
     # tuning-patient dev cases (96 with exact truth, two seed sets): success 95/96 and flag agreement 96/96
     # as before, median TRE 0.379 -> 0.379 and 0.432 -> 0.434 mm, 0.89-0.90x the CPU time

@@ -6,6 +6,7 @@ thickness), are mapped into the coronal (moving) stack and sampled trilinearly (
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -106,8 +107,7 @@ class Level:
         idx = np.clip(np.rint(vox), 0, size - 1).astype(np.int64)
         order = torch.from_numpy(np.argsort((idx[:, 0] * size[1] + idx[:, 1]) * size[2] + idx[:, 2],
                                             kind="stable")).to(self.pts.device)
-        out = Level.__new__(Level)
-        out.__dict__.update(self.__dict__)
+        out = copy.copy(self)
         out.pts, out.vals = self.pts[order], self.vals[order]
         return out
 

@@ -228,7 +228,7 @@ class SearchGrid:
             return np.conjugate(out, out=out)
 
         def correlate(fft_a, fft_b):
-            return self._irfft_many(np.multiply(fft_a, fft_b, out=np.empty(fft_b.shape, fft_b.dtype)))
+            return self._irfft_many(fft_a * fft_b)
 
         fft_mov = conj_fft(moving_on_grid)
         fft_mov_sq = conj_fft(moving_on_grid * moving_on_grid)
